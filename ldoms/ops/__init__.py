@@ -1,0 +1,14 @@
+"""Importing this package registers every operation (see `ldoms.ops.base`)."""
+
+from ldoms.ops import (  # noqa: F401
+    domains,
+    lifecycle,
+    listing,
+    reconf,
+    resources,
+    spconfig,
+    variables,
+    vio_console,
+    vio_disk,
+    vio_net,
+)
