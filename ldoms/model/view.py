@@ -18,6 +18,7 @@ class MigrationStatus:
     peer: str  # the other host's name
     progress: int = 0  # 0..100, never decreasing
     error: bool = False
+    suspended: bool = False  # source only: the guest is suspended (final copy); `ldm list` says `suspended`
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -53,7 +53,14 @@ class StopGuest:
     domain: str
 
 
-Effect = StartGuest | StopGuest
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CancelMigration:
+    """Ask the migration engine to abort the migration of `domain` (`cancel-operation migration`)."""
+
+    domain: str
+
+
+Effect = StartGuest | StopGuest | CancelMigration
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

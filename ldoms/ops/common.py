@@ -8,7 +8,7 @@ from dataclasses import replace
 from ldoms.errors import BusyError, NotFoundError, StateError, UsageError
 from ldoms.model.domain import CONTROL_DOMAIN, Domain, DomainConfig, DomainState
 from ldoms.model.machine import Machine
-from ldoms.ops.base import OpContext, Request
+from ldoms.ops.base import OpContext, Request, VerbSpec
 
 # LDoms: names start with a letter and hold letters, digits and - _ + # . : ; ~ ( ); 64 characters at most.
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_+#.:;~()-]{0,63}$")
@@ -112,3 +112,18 @@ def find_service_owner(machine: Machine, kind: str, name: str) -> Domain:
             if svc.name == name:
                 return d
     raise NotFoundError(f"Service {name} not found")
+
+
+def check_grammar(request: Request, spec: VerbSpec) -> None:
+    """Refuse flags, properties and operand counts outside the verb's grammar (requests may come from the
+    XML interface or the API, not only from the CLI, which checks the same)."""
+    usage = f"Usage: ldm {spec.usage}" if spec.usage else f"Invalid arguments for {spec.name}"
+    for flag in request.flags:
+        if flag not in spec.flags and flag not in spec.value_flags:
+            raise UsageError(f"Invalid option {flag} for {spec.name}. {usage}")
+    for key, _ in request.props:
+        if key not in spec.props:
+            raise UsageError(f"Invalid property '{key}' for {spec.name}. {usage}")
+    n = len(request.operands)
+    if n < spec.min_operands or (spec.max_operands is not None and n > spec.max_operands):
+        raise UsageError(usage)
