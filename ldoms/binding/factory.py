@@ -1,0 +1,103 @@
+"""The factory-default machine and the automatic MAC pool.
+
+Factory default: as delivered from the service processor, the control domain `primary` is active and owns
+every strand, every MAU, every usable memory range (RA = PA: the control domain runs on physical
+addresses) and every PCIe bus; its console is the SP.  The admin then shrinks it.
+
+MACs: LDoms draws automatic MACs from a pool at `platform.mac_base` (00:14:4f:f8:00:00, 256K addresses),
+checking on the network that no other manager uses them.  We have no network here, so to make two hosts of
+the same platform unlikely to collide, the search starts at an offset derived from the host name (stable
+across restarts, so allocation stays deterministic) and takes the first address free on this host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import uuid
+from collections.abc import Iterable
+
+from ldoms.errors import ResourceError
+from ldoms.model.domain import (
+    CONTROL_DOMAIN,
+    Bindings,
+    Domain,
+    DomainConfig,
+    DomainState,
+    IoAssignment,
+    MemBinding,
+)
+from ldoms.model.machine import Machine
+from ldoms.model.platform import Platform
+from ldoms.units import format_mac
+
+MAC_POOL_SIZE = 0x40000  # 00:14:4f:f8:00:00 - 00:14:4f:fb:ff:ff
+# Sun's hardware OUI, as in the constraints example `MAC|mac-addr=00:03:ba:d8:b1:46`: the control domain
+# uses the machine's own (non-pool) MAC.
+_HW_OUI = 0x0003BA000000
+
+
+def factory_default(platform: Platform, host_name: str, *, seed: int | None = None) -> Machine:
+    """A new host: `primary` active (started_at 0; the daemon sets the real time), owning everything.
+
+    `seed` makes the UUID, hostid and MAC deterministic (`random.Random(seed)`); None draws from the OS."""
+    rng = random.Random(seed)
+    mac = _HW_OUI | rng.getrandbits(24)
+    hostid = rng.getrandbits(32)
+    dom_uuid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    usable = platform.usable_memory
+    strands = tuple(s for c in platform.cores for s in c.strands)
+    maus = tuple(m.id for m in platform.maus)
+    buses = tuple(b.dev for b in platform.pci_buses)
+    config = DomainConfig(
+        name=CONTROL_DOMAIN,
+        uuid=dom_uuid,
+        hostid=hostid,
+        mac=mac,
+        vcpus=len(strands),
+        memory=sum(r.size for r in usable),
+        mau=len(maus),
+        io=tuple(IoAssignment(dev=d) for d in buses),
+    )
+    bindings = Bindings(
+        strands=strands,
+        mblocks=tuple(MemBinding(ra=r.pa, pa=r.pa, size=r.size) for r in usable),
+        maus=maus,
+        io=buses,
+    )
+    primary = Domain(
+        config=config,
+        state=DomainState.ACTIVE,
+        bindings=bindings,
+        started_at=0.0,
+        softstate="Solaris running",
+    )
+    return Machine(host_name=host_name, platform=platform, domains=(primary,))
+
+
+def macs_in_use(machine: Machine) -> set[int]:
+    """Every MAC a domain, vnet or vsw of this host uses (pending constraints included)."""
+    used: set[int] = set()
+    for d in machine.domains:
+        for cfg in (d.config, d.pending):
+            if cfg is None:
+                continue
+            used.add(cfg.mac)
+            used.update(v.mac for v in cfg.vnets)
+            used.update(v.mac for v in cfg.vsw)
+    return used
+
+
+def allocate_mac(machine: Machine, *, taken: Iterable[int] = ()) -> int:
+    """A MAC from the automatic pool used by nothing on this host nor in `taken`."""
+    used = macs_in_use(machine) | set(taken)
+    base = machine.platform.mac_base
+    start = int.from_bytes(hashlib.sha256(machine.host_name.encode()).digest()[:4], "big") % MAC_POOL_SIZE
+    for i in range(MAC_POOL_SIZE):
+        mac = base + (start + i) % MAC_POOL_SIZE
+        if mac not in used:
+            return mac
+    raise ResourceError(
+        f"no free MAC address in the automatic pool {format_mac(base)} - "
+        f"{format_mac(base + MAC_POOL_SIZE - 1)} on {machine.host_name}"
+    )
