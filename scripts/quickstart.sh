@@ -9,11 +9,11 @@ export PATH="$PWD/.venv/bin:$PATH"
 export LDM_HOME="$PWD/demo-hosts/host1"
 if [ -S "$LDM_HOME/ldmd.sock" ] && ldm list >/dev/null 2>&1; then
     echo "A demo host is already running in $LDM_HOME; stopping it first."
-    kill "$(cat "$LDM_HOME/ldmd.pid")" 2>/dev/null || true
+    kill "$(cat "$LDM_HOME/ldmd.lock")" 2>/dev/null || true
     for _ in $(seq 50); do [ -S "$LDM_HOME/ldmd.sock" ] || break; sleep 0.1; done
 fi
 rm -rf "$LDM_HOME"; mkdir -p "$LDM_HOME"
-ldmd --home "$LDM_HOME" --platform t5240 --name host1 --listen 127.0.0.1:16482 &
+ldmd --home "$LDM_HOME" --platform t5240 --name host1 --listen 127.0.0.1:16482 >/dev/null 2>&1 &
 for _ in $(seq 100); do ldm list >/dev/null 2>&1 && break; sleep 0.1; done
 run() { echo "# ldm $*"; ldm "$@"; }
 run list
@@ -35,5 +35,5 @@ run start-domain ldg1
 run list
 run list-bindings ldg1
 echo
-echo "The host keeps running (pid $(cat "$LDM_HOME/ldmd.pid")). Try: LDM_HOME=$LDM_HOME .venv/bin/ldm list -l"
-echo "Stop it with: kill $(cat "$LDM_HOME/ldmd.pid")   (guests keep running; 'ldm stop -a' stops them first)"
+echo "The host keeps running (pid $(cat "$LDM_HOME/ldmd.lock")). Try: LDM_HOME=$LDM_HOME .venv/bin/ldm list -l"
+echo "Stop it with: kill $(cat "$LDM_HOME/ldmd.lock")   (guests keep running; 'ldm stop -a' stops them first)"

@@ -24,7 +24,7 @@ class MigrationRole(enum.StrEnum):
     ERROR = "error"
 
 
-# ---------------------------------------------------------------- virtual services (owned by a service domain)
+# -------------------------------------------------------- virtual services (owned by a service domain)
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VdsVolume:
     name: str

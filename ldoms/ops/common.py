@@ -87,7 +87,9 @@ def is_delayed(dom: Domain) -> bool:
     return dom.config.is_control and dom.state == DomainState.ACTIVE
 
 
-def delayed_update(machine: Machine, dom: Domain, new_config: DomainConfig) -> tuple[Machine, tuple[str, ...]]:
+def delayed_update(
+    machine: Machine, dom: Domain, new_config: DomainConfig
+) -> tuple[Machine, tuple[str, ...]]:
     """Record `new_config` as the control domain's pending constraints; return the notice LDoms prints."""
     notice = DR_NOTICE if dom.delayed_reconfig else DR_FIRST_NOTICE
     return machine.with_domain(replace(dom, pending=new_config)), (notice,)

@@ -1,0 +1,112 @@
+"""ldm's client for ldmd's local API on the home's Unix socket.
+
+Errors come back as `LdmError`s: an answer's error body {code, message, exit_code} is rebuilt as the error
+class with that code (so callers can tell a refusal from a failure), and a daemon that cannot be reached is
+one `DaemonUnavailable` naming the home.  Plain `http.client` over the Unix socket: ldm is run once per
+command, and a heavier HTTP library would cost more to import than the whole request takes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from pathlib import Path
+from typing import Any
+
+from ldoms import errors
+from ldoms.daemon.sockpath import connect_unix
+from ldoms.model.codec import decode, to_json
+from ldoms.model.view import HostView
+from ldoms.ops.base import Request
+
+# ldmd answers reads at once; an operation may take long (a migration), so reads of /v1/ops never time out.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def _error_classes() -> dict[str, type[errors.LdmError]]:
+    out: dict[str, type[errors.LdmError]] = {}
+    todo: list[type[errors.LdmError]] = [errors.LdmError]
+    while todo:
+        cls = todo.pop()
+        out.setdefault(cls.code, cls)
+        todo.extend(cls.__subclasses__())
+    return out
+
+
+def error_from_body(status: int, body: Any) -> errors.LdmError:
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        code = str(body.get("code", "error"))
+        cls = _error_classes().get(code, errors.LdmError)
+        err = cls(body["message"], code=code)
+        exit_code = body.get("exit_code")
+        if isinstance(exit_code, int) and 0 < exit_code < 256:
+            err.exit_code = exit_code
+        return err
+    return errors.LdmError(f"ldmd answered HTTP {status} without an error message")
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("ldmd", timeout=None)  # no read timeout: an operation may run for long
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = connect_unix(self._path, timeout=CONNECT_TIMEOUT_S)
+        self.sock.settimeout(None)
+
+
+class Client:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.sock = home / "ldmd.sock"
+
+    def _unavailable(self, reason: str) -> errors.DaemonUnavailable:
+        return errors.DaemonUnavailable(
+            f"Failed to connect to logical domain manager: no ldmd is serving home {self.home} "
+            f"({self.sock}: {reason})"
+        )
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        if not self.sock.exists():
+            raise self._unavailable("No such file or directory")
+        conn = _UnixHTTPConnection(self.sock)
+        try:
+            try:
+                conn.connect()
+            except OSError as e:
+                raise self._unavailable(e.strerror or str(e)) from e
+            payload = None if body is None else json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"} if payload is not None else {}
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+            status, raw = response.status, response.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise errors.DaemonUnavailable(
+                f"Lost the connection to the logical domain manager of home {self.home}: "
+                f"{getattr(e, 'strerror', None) or e or type(e).__name__}"
+            ) from e
+        finally:
+            conn.close()
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if status >= 400:
+            raise error_from_body(status, data)
+        return data
+
+    def view(self) -> HostView:
+        return decode(HostView, self._call("GET", "/v1/view"))
+
+    def host(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/v1/host"))
+
+    def op(self, request: Request) -> list[str]:
+        body = {
+            "verb": request.verb,
+            "flags": to_json(request.flags),
+            "props": [list(p) for p in request.props],
+            "operands": list(request.operands),
+        }
+        data = self._call("POST", "/v1/ops", body)
+        return [str(m) for m in data["messages"]]

@@ -1,0 +1,214 @@
+"""The served host: its current `Machine`, the one lock that serialises changes, and how a change is applied.
+
+Theory of operation.  `apply(request)` under the host lock:
+
+1. runs the operation (`ldoms.ops.base.run`: check_arguments, check_prereq, execute) on the current
+   machine; it is pure, so a refusal changes nothing;
+2. carries out its effects in order (start or stop guest processes), recording each one's undo;
+3. writes the new machine in one store transaction;
+4. only then publishes the new machine to readers.
+
+If an effect or the commit fails, the effects already done are undone in reverse order and nothing is
+committed.  Any exception that is not an `LdmError` is a bug: it is logged with its traceback and becomes an
+`InternalError` naming the verb, so the daemon keeps serving.
+
+The control domain runs no guest process (ldmd itself stands for its OS): its start/stop effects only
+change state.  Readers (`view`) take no lock: the machine is immutable and replaced by one assignment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from ldoms.errors import LdmError, OpExecError
+from ldoms.hv import proc
+from ldoms.hv.supervisor import GuestSupervisor
+from ldoms.model.domain import Domain, DomainState
+from ldoms.model.machine import Machine
+from ldoms.model.view import HostView
+from ldoms.ops import base as ops_base
+from ldoms.ops.base import Effect, OpContext, OpResult, Request, StartGuest, StopGuest
+from ldoms.store import Store
+
+log = logging.getLogger("ldmd.host")
+
+RunOp = Callable[[Machine, Request, OpContext], OpResult]
+
+
+class InternalError(LdmError):
+    """A bug in ldmd or an operation (not a refusal): reported as a 500 and logged with its traceback."""
+
+    code = "internal"
+
+
+def put_domain(machine: Machine, dom: Domain) -> Machine:
+    """Replace a domain in place without marking the SP configuration modified (runtime facts only)."""
+    return replace(machine, domains=tuple(dom if d.name == dom.name else d for d in machine.domains))
+
+
+@dataclass
+class _Sample:
+    pid: int
+    cpu: float
+    wall: float
+    util: float
+
+
+class Host:
+    def __init__(
+        self,
+        *,
+        machine: Machine,
+        store: Store,
+        guests: GuestSupervisor,
+        listen: str,
+        run_op: RunOp = ops_base.run,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.machine = machine
+        self.store = store
+        self.guests = guests
+        self.listen = listen
+        self.run_op = run_op
+        self.clock = clock
+        self.migrating: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._samples: dict[str, _Sample] = {}
+        self._samples_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ changes
+    def apply(self, request: Request) -> tuple[str, ...]:
+        with self._lock:
+            old = self.machine
+            ctx = OpContext(now=self.clock(), migrating=dict(self.migrating))
+            try:
+                result = self.run_op(old, request, ctx)
+            except LdmError:
+                raise
+            except Exception as e:
+                log.exception("bug in operation %s (request %r)", request.verb, request)
+                raise InternalError(
+                    f"Internal error in {request.verb}: {type(e).__name__}: {e} (details in ldmd.log)"
+                ) from e
+            new = result.machine
+            if new is old and not result.effects:
+                return result.messages  # a read-only verb: nothing to write (no fsync)
+            undo: list[Callable[[], None]] = []
+            try:
+                for effect in result.effects:
+                    new = self._do_effect(effect, old, new, undo)
+                self.store.commit(new)
+            except Exception as e:
+                self._undo(undo, request.verb)
+                if isinstance(e, LdmError):
+                    log.warning("%s failed, effects undone, nothing committed: %s", request.verb, e)
+                    raise
+                log.exception("%s failed while applying its effects; effects undone", request.verb)
+                raise OpExecError(
+                    f"{request.verb} failed: {type(e).__name__}: {e}; nothing was changed "
+                    "(details in ldmd.log)"
+                ) from e
+            self.machine = new
+            log.info("%s %s: committed", request.verb, " ".join(request.operands))
+            return result.messages
+
+    def _do_effect(
+        self, effect: Effect, old: Machine, new: Machine, undo: list[Callable[[], None]]
+    ) -> Machine:
+        if isinstance(effect, StartGuest):
+            dom = new.domain(effect.domain)
+            if dom.config.is_control:
+                return new
+            rec = self.guests.start(dom)
+            undo.append(lambda: self.guests.stop(effect.domain))
+            return put_domain(new, replace(dom, guest_pid=rec.pid))
+        if isinstance(effect, StopGuest):
+            before = old.find(effect.domain)
+            if before is None or before.config.is_control:
+                return new
+            self.guests.stop(effect.domain)
+            undo.append(lambda: self._restart_after_undo(before))
+            after = new.find(effect.domain)
+            return new if after is None else put_domain(new, replace(after, guest_pid=0))
+        raise OpExecError(f"this ldmd cannot carry out the effect {type(effect).__name__} yet")
+
+    def _restart_after_undo(self, dom: Domain) -> None:
+        # The stopped guest's memory is gone; a fresh guest keeps the domain active as the old state says.
+        rec = self.guests.start(dom)
+        self.machine = put_domain(self.machine, replace(dom, guest_pid=rec.pid))
+
+    def _undo(self, undo: list[Callable[[], None]], verb: str) -> None:
+        for step in reversed(undo):
+            try:
+                step()
+            except Exception:
+                log.exception("undo of %s failed (continuing with the other undo steps)", verb)
+
+    # ------------------------------------------------------------------ guests that died under us
+    def reconcile(self) -> None:
+        """Domains whose guest process died while ldmd runs become bound (logged, committed)."""
+        if not self._lock.acquire(blocking=False):
+            return  # a change is under way; the next view will look again
+        try:
+            machine = self.machine
+            for dom in machine.domains:
+                if dom.state != DomainState.ACTIVE or dom.config.is_control:
+                    continue
+                if self.guests.find(dom.name) is None:
+                    log.warning(
+                        "guest of LDom %s exited on its own: LDom %s is now bound", dom.name, dom.name
+                    )
+                    self.guests.files(dom.name).remove_all()
+                    machine = put_domain(machine, guest_gone(dom))
+            if machine is not self.machine:
+                self.store.commit(machine)
+                self.machine = machine
+        except Exception:
+            log.exception("reconciling guest processes failed")
+        finally:
+            self._lock.release()
+
+    # ------------------------------------------------------------------ reading
+    def view(self) -> HostView:
+        self.reconcile()
+        machine = self.machine
+        now = self.clock()
+        return HostView(machine=machine, now=now, util=self._utilisation(machine, time.monotonic()))
+
+    def _utilisation(self, machine: Machine, mono: float) -> dict[str, float]:
+        """Percent of its strands' capacity each active domain used since the previous view (since it
+        started, the first time).  The control domain's figure is ldmd's own CPU time."""
+        out: dict[str, float] = {}
+        with self._samples_lock:
+            for dom in machine.domains:
+                if dom.state != DomainState.ACTIVE:
+                    continue
+                pid = os.getpid() if dom.config.is_control else dom.guest_pid
+                st = proc.stat(pid) if pid else None
+                if st is None or st.dead:
+                    continue
+                nstrands = max(1, len(dom.bindings.strands) if dom.bindings else 1)
+                prev = self._samples.get(dom.name)
+                if prev is not None and prev.pid == pid:
+                    if mono - prev.wall < 0.5:  # too short an interval to mean anything: repeat the last
+                        out[dom.name] = prev.util
+                        continue
+                    dcpu, dwall = st.cpu_seconds - prev.cpu, mono - prev.wall
+                else:  # first look: the process's whole life
+                    dcpu, dwall = st.cpu_seconds, max(time.time() - proc.start_wall(st), 0.5)
+                util = min(100.0, max(0.0, 100.0 * dcpu / dwall / nstrands))
+                self._samples[dom.name] = _Sample(pid=pid, cpu=st.cpu_seconds, wall=mono, util=util)
+                out[dom.name] = round(util, 1)
+            for name in set(self._samples) - set(out):
+                del self._samples[name]
+        return out
+
+
+def guest_gone(dom: Domain) -> Domain:
+    """The domain after its guest process vanished: bound, no uptime."""
+    return replace(dom, state=DomainState.BOUND, started_at=0.0, guest_pid=0, softstate="")

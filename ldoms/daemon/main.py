@@ -1,0 +1,225 @@
+"""`ldmd`: the Logical Domains Manager daemon for one host (its home directory).
+
+Start-up order matters for crash safety: lock the home (one ldmd per home), open the store, create the host
+at factory default or load it (refusing another platform or name), recover guests (re-attach, kill orphans),
+and only then bind the control socket, so an `ldm` that connects always meets a consistent host.
+Foreground; SIGTERM or SIGINT stop the server cleanly; guests keep running (they are in their own sessions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from dataclasses import replace
+
+from ldoms.daemon.home import HOME_ENV, Home, resolve_home
+from ldoms.daemon.host import put_domain
+from ldoms.errors import LdmError, PlatformError, UsageError
+from ldoms.model.machine import Machine
+from ldoms.store import Store, platform_doc
+
+log = logging.getLogger("ldmd")
+
+DEFAULT_LISTEN = "127.0.0.1:8101"
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'ADDR:PORT' or '[IPv6]:PORT' -> (addr, port); ADDR is an IP address or a host name."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", text)
+    if not m:
+        raise UsageError(f"invalid --listen '{text}': expected ADDR:PORT (IPv6 as [ADDR]:PORT)")
+    addr = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 1 <= port <= 65535:
+        raise UsageError(f"invalid --listen '{text}': port {port} is not between 1 and 65535")
+    try:
+        ipaddress.ip_address(addr)
+    except ValueError:
+        if m.group(1) or not _HOSTNAME_RE.match(addr):
+            raise UsageError(
+                f"invalid --listen '{text}': '{addr}' is neither an IP address nor a host name"
+            ) from None
+    return addr, port
+
+
+def check_host_name(name: str) -> str:
+    if not _HOSTNAME_RE.match(name):
+        raise UsageError(f"invalid --name '{name}': a host name holds letters, digits, '-' and '.' only")
+    return name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="ldmd",
+        description="Logical Domains Manager daemon: serves one host (a home directory) to ldm. Runs in the "
+        "foreground; SIGTERM stops it cleanly and leaves the guests running.",
+    )
+    ap.add_argument(
+        "--home",
+        help=f"the host's home directory (default: ${HOME_ENV}, else ~/.ldoms); created with mode 0700",
+    )
+    ap.add_argument(
+        "--platform",
+        help="platform preset name (e.g. t5240) or path of a platform TOML file: required the first time "
+        "(creates the host at factory default); later optional, and it must match the stored platform",
+    )
+    ap.add_argument(
+        "--name",
+        help="the host's name: used the first time (default: this machine's host name); later optional, "
+        "and it must match the stored name",
+    )
+    ap.add_argument(
+        "--listen",
+        help=f"ADDR:PORT peers use for migrations (default the first time: {DEFAULT_LISTEN}). Validated and "
+        "stored now; the TLS listener for peers comes in a later release, so nothing listens on it yet",
+    )
+    return ap
+
+
+def open_host(home: Home, args: argparse.Namespace) -> tuple[Store, Machine, str]:
+    """The host's store and machine: created at factory default on first start, else loaded and checked."""
+    store = Store(home.db)
+    try:
+        if args.listen is not None:
+            parse_listen(args.listen)
+        if not store.has_host():
+            return store, *_create(store, home, args)
+        rec = store.load()
+        stored = rec.machine
+        if args.name is not None and args.name != stored.host_name:
+            raise UsageError(
+                f"home {home.path} holds host {stored.host_name}; --name {args.name} differs "
+                "(a host cannot be renamed: omit --name or use another home)"
+            )
+        if args.platform is not None:
+            from ldoms.model.platforms import load_platform
+
+            wanted = load_platform(args.platform)
+            if platform_doc(wanted) != platform_doc(stored.platform):
+                raise PlatformError(
+                    f"home {home.path} holds host {stored.host_name} on platform {stored.platform.name} "
+                    f"({stored.platform.model}); --platform {args.platform} ({wanted.model}) is a different "
+                    "platform: omit --platform or use another home"
+                )
+        listen = rec.listen
+        if args.listen is not None and args.listen != listen:
+            store.set_listen(args.listen)
+            log.info("listen address changed from %s to %s", listen, args.listen)
+            listen = args.listen
+        return store, stored, listen
+    except BaseException:
+        store.close()
+        raise
+
+
+def _create(store: Store, home: Home, args: argparse.Namespace) -> tuple[Machine, str]:
+    if args.platform is None:
+        raise UsageError(f"home {home.path} holds no host yet: --platform is required to create one")
+    from ldoms.binding import factory_default
+    from ldoms.model.platforms import load_platform
+
+    platform = load_platform(args.platform)
+    name = check_host_name(args.name or socket.gethostname().split(".")[0])
+    listen = args.listen or DEFAULT_LISTEN
+    machine = factory_default(platform, name)
+    ctl = machine.control
+    # The host "powers on" now: the control domain's uptime counts from its creation.
+    machine = put_domain(machine, replace(ctl, started_at=time.time()))
+    store.create_host(machine, listen=listen)
+    log.info("created host %s on platform %s (%s) at factory default", name, platform.name, platform.model)
+    return machine, listen
+
+
+def _setup_logging(home: Home) -> None:
+    handler = logging.FileHandler(home.log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def serve(home: Home, store: Store, machine: Machine, listen: str) -> None:
+    import uvicorn
+
+    from ldoms.daemon.api import create_app
+    from ldoms.daemon.host import Host
+    from ldoms.daemon.recovery import recover
+    from ldoms.daemon.sockpath import bind_unix
+    from ldoms.hv.supervisor import GuestSupervisor
+
+    guests = GuestSupervisor(home.guests)
+    recovered = recover(machine, guests, now=time.time())
+    if recovered != machine:
+        store.commit(recovered)
+    host = Host(machine=recovered, store=store, guests=guests, listen=listen)
+    app = create_app(host)
+    sock = bind_unix(home.sock, mode=0o600)
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_keep_alive=5,
+        limit_concurrency=64,
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(config)
+    # uvicorn re-raises the stop signal after its shutdown with the handler found at start: ours is a no-op,
+    # so the process gets to clean up (socket, store, lock) and exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
+    m = recovered
+    log.info(
+        "serving host %s (platform %s) on %s; peers: %s", m.host_name, m.platform.name, home.sock, listen
+    )
+    print(
+        f"ldmd: serving host {m.host_name} (platform {m.platform.name}) in {home.path}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        home.sock.unlink(missing_ok=True)
+        guests.forget_children()
+        log.info("stopped (guests keep running)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.umask(0o077)  # everything in the home is private: state, log, guest memory
+    home = Home(resolve_home(args.home))
+    logging_ready = False
+    try:
+        home.prepare()
+        home.lock()
+        _setup_logging(home)
+        logging_ready = True
+        store, machine, listen = open_host(home, args)
+        try:
+            serve(home, store, machine, listen)
+        finally:
+            store.close()
+        return 0
+    except LdmError as e:
+        if logging_ready:  # never into the log of the ldmd that holds the home
+            log.error("%s", e.message)
+        print(f"ldmd: {e.message}", file=sys.stderr)
+        return 2 if isinstance(e, UsageError) else 1
+    finally:
+        home.unlock()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Starting, finding and stopping guest processes (ldmd's side of ldoms.hv.guest).
+
+Theory of operation.  A guest is started in its own session (`start_new_session=True`) so that signals to
+ldmd's process group never reach it and it outlives ldmd.  It is ready when its pid file appears; until
+then `start` polls with a deadline and fails with the guest's own last log line if it exits first.
+A guest is identified by its pid file: (pid, start time) must match a live process whose command line is
+`... -m ldoms.hv.guest --dir <this guests dir> --domain <name>`, so a pid reused by an unrelated process
+is never taken for a guest (nor signalled).  Guests ldmd started are its children and are reaped; guests
+adopted after a restart are watched through /proc only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ldoms.errors import OpExecError
+from ldoms.hv import proc
+from ldoms.hv.files import GuestFiles, PidRecord, domains_with_files
+from ldoms.model.domain import Domain
+
+log = logging.getLogger("ldmd.guests")
+
+GUEST_MODULE = "ldoms.hv.guest"
+
+
+@dataclass(frozen=True, slots=True)
+class GuestPolicy:
+    start_timeout_s: float = 20.0  # interpreter start + memory file creation on a loaded 2-core machine
+    stop_timeout_s: float = 10.0  # after SIGTERM, before SIGKILL
+    poll_s: float = 0.01
+
+
+class GuestError(OpExecError):
+    code = "guest"
+
+
+class GuestSupervisor:
+    def __init__(
+        self, directory: Path, *, python: str = sys.executable, policy: GuestPolicy | None = None
+    ) -> None:
+        self.dir = directory.resolve()
+        self.python = python
+        self.policy = policy or GuestPolicy()
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def files(self, name: str) -> GuestFiles:
+        return GuestFiles(self.dir, name)
+
+    # ------------------------------------------------------------------ identity
+    def _is_our_guest(self, rec: PidRecord, name: str) -> bool:
+        if not proc.alive(rec.pid, rec.starttime):
+            return False
+        argv = proc.cmdline(rec.pid)
+        return (
+            GUEST_MODULE in argv and _arg(argv, "--dir") == str(self.dir) and _arg(argv, "--domain") == name
+        )
+
+    def find(self, name: str) -> PidRecord | None:
+        """The live guest of domain `name`, or None."""
+        self.reap()
+        rec = self.files(name).read_pidfile()
+        if rec is None or rec.domain != name or not self._is_our_guest(rec, name):
+            return None
+        return rec
+
+    def names_with_files(self) -> set[str]:
+        return domains_with_files(self.dir)
+
+    def cpu_seconds(self, rec: PidRecord) -> float | None:
+        st = proc.stat(rec.pid)
+        if st is None or st.starttime != rec.starttime or st.dead:
+            return None
+        return st.cpu_seconds
+
+    # ------------------------------------------------------------------ start
+    def start(self, domain: Domain) -> PidRecord:
+        name = domain.name
+        if domain.bindings is None or not domain.bindings.mblocks:
+            raise GuestError(f"Cannot start a guest for LDom {name}: it holds no memory (not bound)")
+        existing = self.find(name)
+        if existing is not None:
+            raise GuestError(f"Cannot start a guest for LDom {name}: one already runs (pid {existing.pid})")
+        files = self.files(name)
+        files.remove_all()  # leftovers of a guest that died without cleaning up
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        spec = {
+            "domain": name,
+            "mblocks": [[b.ra, b.size] for b in domain.bindings.mblocks],
+            "vcpus": len(domain.bindings.strands),
+            "variables": dict(domain.config.variables),
+        }
+        files.spec.write_text(json.dumps(spec))
+        argv = [self.python, "-m", GUEST_MODULE, "--dir", str(self.dir), "--domain", name]
+        with open(files.log, "ab") as logf:
+            child = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
+                cwd=self.dir,
+                start_new_session=True,
+                close_fds=True,
+            )
+        self._children[child.pid] = child
+        deadline = time.monotonic() + self.policy.start_timeout_s
+        while True:
+            rec = files.read_pidfile()
+            if rec is not None and rec.pid == child.pid:
+                log.info("guest of LDom %s started: pid %d", name, child.pid)
+                return rec
+            rc = child.poll()
+            if rc is not None:
+                self._children.pop(child.pid, None)
+                files.remove_all()
+                raise GuestError(
+                    f"Guest of LDom {name} failed to start (exit status {rc}): {_last_line(files.log)}"
+                )
+            if time.monotonic() > deadline:
+                self._kill_child(child)
+                files.remove_all()
+                raise GuestError(
+                    f"Guest of LDom {name} did not become ready within {self.policy.start_timeout_s:g} s "
+                    "(start phase); it was killed"
+                )
+            time.sleep(self.policy.poll_s)
+
+    # ------------------------------------------------------------------ stop
+    def stop(self, name: str) -> None:
+        """Stop the guest of `name` (SIGTERM, then SIGKILL after the stop deadline) and remove its files.
+        A guest that is already gone is not an error."""
+        rec = self.find(name)
+        files = self.files(name)
+        if rec is not None:
+            self._terminate(rec, name)
+        files.remove_all()
+
+    def _terminate(self, rec: PidRecord, name: str) -> None:
+        try:
+            os.kill(rec.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        if self._wait_gone(rec, self.policy.stop_timeout_s):
+            log.info("guest of LDom %s stopped: pid %d", name, rec.pid)
+            return
+        log.warning(
+            "guest of LDom %s (pid %d) ignored SIGTERM for %g s (stop phase): killing it",
+            name,
+            rec.pid,
+            self.policy.stop_timeout_s,
+        )
+        try:
+            os.kill(rec.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self._wait_gone(rec, self.policy.stop_timeout_s)
+
+    def scan(self) -> list[PidRecord]:
+        """Every live guest process of this guests directory, found through /proc (pid file or not: a guest
+        killed before it wrote its pid file is found too)."""
+        out: list[PidRecord] = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            argv = proc.cmdline(pid)
+            if GUEST_MODULE not in argv or _arg(argv, "--dir") != str(self.dir):
+                continue
+            st = proc.stat(pid)
+            name = _arg(argv, "--domain")
+            if st is not None and not st.dead and name is not None:
+                out.append(PidRecord(pid=pid, starttime=st.starttime, domain=name))
+        return out
+
+    def kill(self, rec: PidRecord) -> None:
+        """SIGKILL one guest process (identified by pid and start time) and wait until it is gone."""
+        if not proc.alive(rec.pid, rec.starttime):
+            return
+        try:
+            os.kill(rec.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self._wait_gone(rec, self.policy.stop_timeout_s)
+
+    def _wait_gone(self, rec: PidRecord, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.reap()
+            if not proc.alive(rec.pid, rec.starttime):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(self.policy.poll_s)
+
+    def _kill_child(self, child: subprocess.Popen[bytes]) -> None:
+        try:
+            child.kill()
+        except ProcessLookupError:
+            pass
+        child.wait()
+        self._children.pop(child.pid, None)
+
+    def reap(self) -> None:
+        """Collect the exit status of our children that ended, so none lingers as a zombie."""
+        for pid, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[pid]
+
+    def forget_children(self) -> None:
+        """Let go of the Popen objects (at ldmd exit) without touching the processes."""
+        self._children.clear()
+
+
+def _arg(argv: Sequence[str], flag: str) -> str | None:
+    for i, a in enumerate(argv[:-1]):
+        if a == flag:
+            return argv[i + 1]
+    return None
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    # The one-line summary the guest prints comes before Python's traceback; prefer the latest one.
+    for ln in reversed(lines):
+        if ln.startswith("guest "):
+            return ln
+    return lines[-1] if lines else "no output"
