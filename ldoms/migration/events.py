@@ -27,17 +27,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeAlias
 
-from ldoms.migration.vocab import (  # noqa: F401  (re-exported: the vocabulary of events)
-from ldoms.units import PAGE_SIZE
-
-JSONValue: TypeAlias = "bool | int | float | str | tuple[JSONValue, ...] | Mapping[str, JSONValue] | None"
-Facts: TypeAlias = "Mapping[str, JSONValue]"
-Check: TypeAlias = Callable[[str, Any], Any]  # (qualified field name, value) -> normalised value
-_MAX_DEPTH = 16  # facts are shallow; a deeper document is a hostile one
-_U32 = 2**32 - 1
-_U64 = 2**64
-
-
+from ldoms.migration.vocab import (  # noqa: F401
     AuthMethod,
     Decision,
     EventType,
@@ -49,6 +39,14 @@ _U64 = 2**64
     RemoteProtocolError,
     Role,
 )
+from ldoms.units import PAGE_SIZE
+
+JSONValue: TypeAlias = "bool | int | float | str | tuple[JSONValue, ...] | Mapping[str, JSONValue] | None"
+Facts: TypeAlias = "Mapping[str, JSONValue]"
+Check: TypeAlias = Callable[[str, Any], Any]  # (qualified field name, value) -> normalised value
+_MAX_DEPTH = 16  # facts are shallow; a deeper document is a hostile one
+_U32 = 2**32 - 1
+_U64 = 2**64
 
 
 # ------------------------------------------------------------------------------------------------- rules
