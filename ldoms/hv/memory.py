@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ldoms.units import PAGE_SIZE
 
 
@@ -134,12 +136,26 @@ class GuestMemory:
         """The whole file as a writable buffer, in file-offset order (for bulk page copies)."""
         return memoryview(self._mm)
 
+    @property
+    def npages(self) -> int:
+        return self.map.npages
+
+    def pages(self) -> np.ndarray:
+        """The whole file as a writable (pages, PAGE_SIZE) uint8 array, in file-offset order: row i is the
+        page a dirty map calls i.  Drop every such array before `close` (they pin the mapping)."""
+        return np.frombuffer(self._mm, dtype=np.uint8).reshape(self.map.npages, PAGE_SIZE)
+
     def flush(self) -> None:
         self._mm.flush()
 
     def close(self) -> None:
         if not self._mm.closed:
-            self._mm.close()
+            try:
+                self._mm.close()
+            except BufferError:
+                # A buffer (numpy array, memoryview) still points into the map: closing it now would leave
+                # that buffer dangling, so the map is unmapped when the last such buffer is dropped instead.
+                pass
 
     def __enter__(self) -> GuestMemory:
         return self

@@ -21,11 +21,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ldoms.errors import OpExecError
 from ldoms.hv import proc
 from ldoms.hv.files import GuestFiles, PidRecord, domains_with_files
 from ldoms.model.domain import Domain
+
+if TYPE_CHECKING:
+    from ldoms.hv.control import GuestControl
 
 log = logging.getLogger("ldmd.guests")
 
@@ -82,22 +86,45 @@ class GuestSupervisor:
         return st.cpu_seconds
 
     # ------------------------------------------------------------------ start
-    def start(self, domain: Domain) -> PidRecord:
+    def start(
+        self, domain: Domain, *, incoming_state: dict[str, Any] | None = None, standby: bool = False
+    ) -> PidRecord:
+        """Start the guest of a bound domain and wait until it is ready.
+
+        Incoming (the target of a migration): the memory image `NAME.mem` already exists, created and filled
+        by the migration receiver.  With `incoming_state` (the source's suspend answer's `state`) the guest
+        restores its workload and runs at once; the returned record's `downtime` is measured from the
+        source's suspend.  With `standby=True` it comes up suspended, without a state, and waits for
+        `GuestControl.restore(state)`.  A failed incoming start leaves the memory image to the receiver."""
         name = domain.name
+        incoming = incoming_state is not None or standby
+        if incoming_state is not None and standby:
+            raise GuestError(
+                f"Cannot start the incoming guest of LDom {name}: a state and standby exclude each other"
+            )
         if domain.bindings is None or not domain.bindings.mblocks:
             raise GuestError(f"Cannot start a guest for LDom {name}: it holds no memory (not bound)")
         existing = self.find(name)
         if existing is not None:
             raise GuestError(f"Cannot start a guest for LDom {name}: one already runs (pid {existing.pid})")
         files = self.files(name)
-        files.remove_all()  # leftovers of a guest that died without cleaning up
+        if incoming and not files.mem.exists():
+            raise GuestError(
+                f"Cannot start the incoming guest of LDom {name}: its memory image {files.mem} is missing"
+            )
+        # Leftovers of a guest that died without cleaning up (an incoming image is the receiver's, not one).
+        files.remove_all(keep_memory=incoming)
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        spec = {
+        spec: dict[str, Any] = {
             "domain": name,
             "mblocks": [[b.ra, b.size] for b in domain.bindings.mblocks],
             "vcpus": len(domain.bindings.strands),
             "variables": dict(domain.config.variables),
         }
+        if incoming_state is not None:
+            spec["incoming"] = {"state": incoming_state}
+        elif standby:
+            spec["incoming"] = {"standby": True}
         files.spec.write_text(json.dumps(spec))
         argv = [self.python, "-m", GUEST_MODULE, "--dir", str(self.dir), "--domain", name]
         with open(files.log, "ab") as logf:
@@ -120,18 +147,24 @@ class GuestSupervisor:
             rc = child.poll()
             if rc is not None:
                 self._children.pop(child.pid, None)
-                files.remove_all()
+                files.remove_all(keep_memory=incoming)
                 raise GuestError(
                     f"Guest of LDom {name} failed to start (exit status {rc}): {_last_line(files.log)}"
                 )
             if time.monotonic() > deadline:
                 self._kill_child(child)
-                files.remove_all()
+                files.remove_all(keep_memory=incoming)
                 raise GuestError(
                     f"Guest of LDom {name} did not become ready within {self.policy.start_timeout_s:g} s "
                     "(start phase); it was killed"
                 )
             time.sleep(self.policy.poll_s)
+
+    def control(self, name: str, *, timeout: float = 2.0) -> GuestControl:
+        """A client of the control socket of `name`'s guest (suspend, resume, throttle, status, verify)."""
+        from ldoms.hv.control import GuestControl  # control.py imports GuestError from here
+
+        return GuestControl(self.files(name), timeout=timeout)
 
     # ------------------------------------------------------------------ stop
     def stop(self, name: str) -> None:
