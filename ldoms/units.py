@@ -16,7 +16,7 @@ G = 1024 * M
 PAGE_SIZE = 8 * K  # SPARC's base page
 
 _UNITS = {"": 1, "B": 1, "K": K, "M": M, "G": G, "T": 1024 * G}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)B?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*([KMGT]?)B?\s*$", re.IGNORECASE)
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{1,2}(:[0-9a-fA-F]{1,2}){5}$")
 
 
@@ -25,6 +25,8 @@ def parse_size(text: str, *, what: str = "size") -> int:
     m = _SIZE_RE.match(text)
     if not m:
         raise UsageError(f"Invalid {what} '{text}': expected a number with an optional unit K, M or G")
+    if len(m.group(1)) > 20:  # beyond any memory size (and int() refuses over 4300 digits)
+        raise UsageError(f"Invalid {what} '{text}': the number is too large")
     return int(m.group(1)) * _UNITS[m.group(2).upper()]
 
 
@@ -53,7 +55,7 @@ def format_addr(addr: int) -> str:
 
 
 def parse_mac(text: str) -> int:
-    if not _MAC_RE.match(text):
+    if not _MAC_RE.fullmatch(text):  # not `match`: `$` lets a trailing newline through
         raise UsageError(f"Invalid MAC address '{text}': expected six colon-separated octets")
     return int("".join(f"{int(p, 16):02x}" for p in text.split(":")), 16)
 

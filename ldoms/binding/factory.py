@@ -28,10 +28,10 @@ from ldoms.model.domain import (
     MemBinding,
 )
 from ldoms.model.machine import Machine
-from ldoms.model.platform import Platform
+from ldoms.model.platform import MAC_POOL_SIZE, Platform
 from ldoms.units import format_mac
 
-MAC_POOL_SIZE = 0x40000  # 00:14:4f:f8:00:00 - 00:14:4f:fb:ff:ff
+__all__ = ["MAC_POOL_SIZE", "allocate_mac", "factory_default", "macs_in_use"]
 # Sun's hardware OUI, as in the constraints example `MAC|mac-addr=00:03:ba:d8:b1:46`: the control domain
 # uses the machine's own (non-pool) MAC.
 _HW_OUI = 0x0003BA000000

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,47 @@ class Client:
 
     def host(self) -> dict[str, Any]:
         return dict(self._call("GET", "/v1/host"))
+
+    def migrate(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST /v1/migrate: each NDJSON item as it arrives (progress, then the result).  The connection stays
+        open until the result: closing it early (this process dying) cancels the migration in ldmd."""
+        if not self.sock.exists():
+            raise self._unavailable("No such file or directory")
+        conn = _UnixHTTPConnection(self.sock)
+        try:
+            try:
+                conn.connect()
+            except OSError as e:
+                raise self._unavailable(e.strerror or str(e)) from e
+            try:
+                conn.request(
+                    "POST", "/v1/migrate", body=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json"},
+                )  # fmt: skip
+                response = conn.getresponse()
+                if response.status >= 400:
+                    raw = response.read()
+                    try:
+                        data = json.loads(raw)
+                    except ValueError:
+                        data = None
+                    raise error_from_body(response.status, data)
+                while line := response.readline():
+                    try:
+                        item = json.loads(line)
+                    except ValueError:
+                        raise errors.LdmError(
+                            f"ldmd sent an unreadable progress line: {line[:80]!r}"
+                        ) from None
+                    if isinstance(item, dict):
+                        yield item
+            except (OSError, http.client.HTTPException) as e:
+                raise errors.DaemonUnavailable(
+                    f"Lost the connection to the logical domain manager of home {self.home} during the "
+                    f"migration: {getattr(e, 'strerror', None) or e or type(e).__name__}"
+                ) from e
+        finally:
+            conn.close()
 
     def op(self, request: Request) -> list[str]:
         body = {

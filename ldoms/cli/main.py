@@ -9,11 +9,20 @@ Mutating verbs are sent to ldmd, which answers the lines to print.  Listing verb
 run the operation's argument and prerequisite checks against it (so `LDom x not found` reads as in LDoms)
 and print what the formatter in `FORMATTERS` makes of it.  Errors are one line on stderr; the exit status
 is the error's `exit_code` (2 for usage errors).
+
+`migrate-domain` (`run_migrate`) checks its words and that the domain exists, asks `Target Password:`
+without echo (unless `-p FILE` or `-c`), then follows the migration's stream until its result: nothing on
+success; on failure every reason and `Domain Migration of LDom NAME failed` on stderr, exit 1 (3 when the
+target refused the credentials); `-n --json` prints the verdict as one JSON document on stdout.  ldm
+ignores SIGHUP meanwhile (a lost terminal does not stop the migration, SPEC 2.7); a KILL ends the
+connection, which cancels it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -180,6 +189,76 @@ def run_verb(client: Client, op: Operation, request: Request, out: Any) -> None:
     out.write(formatter(view, request))
 
 
+def ask_password(prompt: str = "Target Password: ") -> str:
+    """The target password, read without echo from the terminal (or from stdin when there is none)."""
+    import getpass
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", getpass.GetPassWarning)  # no terminal: stdin, as a pipe gives it
+        try:
+            return getpass.getpass(prompt)
+        except EOFError:
+            raise UsageError("No target password was entered (end of input): use -p FILE or -c") from None
+
+
+def invoking_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+def run_migrate(client: Client, op: Operation, request: Request, out: Any, err: Any) -> int:
+    from ldoms.peer.credentials import read_password_file
+
+    args = op.check_arguments(request)
+    view = client.view()
+    op.check_prereq(view.machine, args, OpContext(now=view.now))
+    password: str | None = None
+    if not args.certificate:
+        password = read_password_file(args.password_file) if args.password_file else ask_password()
+    body = {
+        "flags": {k: v for k, v in request.flags.items() if k != "-p"},  # the password travels, not the file
+        "operands": list(request.operands),
+        "password": password,
+        "user": invoking_user(),
+    }
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    result: dict[str, Any] | None = None
+    for item in client.migrate(body):
+        if item.get("type") == "result":
+            result = item
+    if result is None:
+        raise LdmError(f"ldmd ended the migration of LDom {args.source} without a result (see its ldmd.log)")
+    ok = bool(result.get("ok"))
+    if args.json:
+        verdict = {
+            "domain": args.source,
+            "target": args.target.host,
+            "target_domain": args.target_ldom,
+            "would_succeed": ok,
+            "problems": result.get("problems", []),
+            "warnings": result.get("warnings", []),
+        }
+        _quiet_write(out, json.dumps(verdict, indent=2) + "\n")
+        return 0 if ok else int(result.get("exit_code") or 1)
+    for line in result.get("lines", []):
+        _quiet_write(err, str(line).rstrip("\n") + "\n")
+    return 0 if ok else int(result.get("exit_code") or 1)
+
+
+def _quiet_write(stream: Any, text: str) -> None:
+    """Write and flush; a terminal that is gone (SIGHUP ignored) must not turn the result into a traceback."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError:
+        pass
+
+
 def _split_globals(argv: Sequence[str]) -> tuple[str | None, list[str]]:
     """Leading `--home DIR` / `--home=DIR` (before the verb); the rest."""
     words = list(argv)
@@ -220,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.write(verb_help(op))
             return 0
         request = read_files(parse_args(op.spec, words[1:]))
+        if op.spec.name == "migrate-domain":
+            return run_migrate(client, op, request, out, err)
         run_verb(client, op, request, out)
         out.flush()
         return 0

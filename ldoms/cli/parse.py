@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ldoms.errors import UsageError
+from ldoms.errors import UsageError, one_line
 from ldoms.ops.base import Request, VerbSpec
 
 
@@ -36,7 +36,8 @@ def synopsis(spec: VerbSpec) -> str:
 
 
 def usage_error(spec: VerbSpec, problem: str) -> UsageError:
-    return UsageError(f"{problem}. Usage: ldm {synopsis(spec)}")
+    # `problem` quotes the offending word, which may hold control characters: escaped, it stays one line.
+    return UsageError(one_line(f"{problem}. Usage: ldm {synopsis(spec)}"))
 
 
 def parse_args(spec: VerbSpec, argv: Sequence[str]) -> Request:

@@ -3,6 +3,11 @@
     GET  /v1/view   the HostView (ldoms.model.codec.to_json): machine, clock, guest utilisation
     GET  /v1/host   name, platform, listen address, pid of the serving ldmd
     POST /v1/ops    a Request -> {"messages": [...]}, or an ErrorBody with a 4xx/5xx status
+    POST /v1/migrate  a MigrateBody -> NDJSON lines while the migration runs: {"type": "progress",
+                    "percent": N} ..., then one {"type": "result", "ok", "dry_run", "exit_code", "lines",
+                    "problems", "warnings"} (each problem: code, message, side, resource, observed, required,
+                    remedy, severity).  A refusal before it starts is an ErrorBody.  A client that goes away
+                    (ldm killed) before the result cancels the migration.
 
 Every error answer is an `ErrorBody` {code, message, exit_code}: ldm prints the message and exits with the
 code.  Garbage never reaches the handlers as an exception: bodies are capped (`MAX_BODY`), unknown fields
@@ -18,7 +23,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +46,18 @@ class OpBody(BaseModel):
     flags: dict[str, bool | str] = Field(default_factory=dict)
     props: list[tuple[str, str]] = Field(default_factory=list)
     operands: list[str] = Field(default_factory=list)
+
+
+class MigrateBody(BaseModel):
+    """`ldm migrate-domain`: the verb's words as parsed by ldm, plus what ldm adds (the password it read, the
+    invoking user for a target without `user@`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flags: dict[str, bool | str] = Field(default_factory=dict)
+    operands: list[str] = Field(min_length=2, max_length=2)
+    password: str | None = Field(default=None, max_length=4096, repr=False)
+    user: str | None = Field(default=None, max_length=64)
 
 
 class OpAnswer(BaseModel):
@@ -195,6 +212,23 @@ def create_app(host: Host) -> FastAPI:
                 500, "internal", f"Internal error in {body.verb}: {type(e).__name__}: {e}", 1
             )
         return OpAnswer(messages=list(messages))
+
+    @app.post(
+        "/v1/migrate",
+        responses={200: {"content": {"application/x-ndjson": {}}, "description": "progress, then the result"}}
+        | _ERROR_RESPONSES,
+    )
+    def post_migrate(body: MigrateBody) -> Any:
+        from ldoms.daemon.migrate_api import start_migration, stream
+
+        flags = {k: v for k, v in body.flags.items() if k != "-p"}  # the password came instead of the file
+        req = OpRequest(verb="migrate-domain", flags=flags, operands=tuple(body.operands))
+        try:
+            run = start_migration(host, req, password=body.password, user=body.user)
+        except errors.LdmError as e:
+            log.info("migrate-domain refused: %s", e.message)
+            return error_response(http_status(e), e.code, e.message, e.exit_code)
+        return StreamingResponse(stream(host, run), media_type="application/x-ndjson")
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     return app

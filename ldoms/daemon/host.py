@@ -9,7 +9,16 @@ Theory of operation.  `apply(request)` under the host lock:
 4. only then publishes the new machine to readers.
 
 If an effect or the commit fails, the effects already done are undone in reverse order and nothing is
-committed.  Any exception that is not an `LdmError` is a bug: it is logged with its traceback and becomes an
+committed.
+
+Migrations (ldoms.daemon.migrate) hold domains in `migrating` (name -> what holds it).  Operations get it in
+their context and refuse what SPEC 3.1 forbids; `apply` also refuses, whatever the operation, a result that
+would change a migrating domain or start a delayed reconfiguration while a migration runs.  The migration
+engines change the machine through `change(fn)`, under the same lock, one commit per change.  A few verbs
+are answered by the migration manager instead (`MigrationManager.intercept`), and a CancelMigration effect
+is handed to it; `apply` then waits, outside the lock, for the migration to end.
+
+Any exception that is not an `LdmError` is a bug: it is logged with its traceback and becomes an
 `InternalError` naming the verb, so the daemon keeps serving.
 
 The control domain runs no guest process (ldmd itself stands for its OS): its start/stop effects only
@@ -24,15 +33,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
-from ldoms.errors import LdmError, OpExecError
+from ldoms.errors import BusyError, LdmError, OpExecError
 from ldoms.hv import proc
 from ldoms.hv.supervisor import GuestSupervisor
 from ldoms.model.domain import Domain, DomainState
 from ldoms.model.machine import Machine
 from ldoms.model.view import HostView
 from ldoms.ops import base as ops_base
-from ldoms.ops.base import Effect, OpContext, OpResult, Request, StartGuest, StopGuest
+from ldoms.ops.base import CancelMigration, Effect, OpContext, OpResult, Request, StartGuest, StopGuest
 from ldoms.store import Store
 
 log = logging.getLogger("ldmd.host")
@@ -77,12 +87,22 @@ class Host:
         self.run_op = run_op
         self.clock = clock
         self.migrating: dict[str, str] = {}
+        self.migrations: Any = None  # the MigrationManager, once ldmd has one (ldoms.daemon.migrate)
         self._lock = threading.Lock()
         self._samples: dict[str, _Sample] = {}
         self._samples_lock = threading.Lock()
 
     # ------------------------------------------------------------------ changes
     def apply(self, request: Request) -> tuple[str, ...]:
+        if self.migrations is not None:
+            answer = self.migrations.intercept(request)
+            if answer is not None:
+                return tuple(answer)
+        cancels: list[CancelMigration] = []
+        messages = self._apply(request, cancels)
+        return messages + self._wait_cancelled(cancels)
+
+    def _apply(self, request: Request, cancels: list[CancelMigration]) -> tuple[str, ...]:
         with self._lock:
             old = self.machine
             ctx = OpContext(now=self.clock(), migrating=dict(self.migrating))
@@ -98,9 +118,13 @@ class Host:
             new = result.machine
             if new is old and not result.effects:
                 return result.messages  # a read-only verb: nothing to write (no fsync)
+            check_migration_locks(old, new, ctx, request.verb)
             undo: list[Callable[[], None]] = []
             try:
                 for effect in result.effects:
+                    if isinstance(effect, CancelMigration) and self.migrations is not None:
+                        cancels.append(effect)
+                        continue
                     new = self._do_effect(effect, old, new, undo)
                 self.store.commit(new)
             except Exception as e:
@@ -137,6 +161,38 @@ class Host:
             return new if after is None else put_domain(new, replace(after, guest_pid=0))
         raise OpExecError(f"this ldmd cannot carry out the effect {type(effect).__name__} yet")
 
+    def _wait_cancelled(self, cancels: list[CancelMigration]) -> tuple[str, ...]:
+        """Hand each cancel to the migration engine and wait for the migration to end (outside the lock:
+        the engine needs it to restore the domain)."""
+        out: list[str] = []
+        for c in cancels:
+            run = self.migrations.cancel(c.domain)
+            if run is None:
+                out.append(f"The migration of LDom {c.domain} had already ended")
+                continue
+            if not self.migrations.wait(run):
+                out.append(f"Cancel of the migration of LDom {c.domain} requested; it is still winding down")
+            elif run.outcome is not None and run.outcome.ok:
+                out.append(
+                    f"The migration of LDom {c.domain} had already handed the domain over and completed: "
+                    "nothing was cancelled"
+                )
+            else:
+                out.append(f"Migration of LDom {c.domain} cancelled")
+        return tuple(out)
+
+    # ------------------------------------------------------------------ the migration engines
+    def change(self, fn: Callable[[Machine], Machine]) -> Machine:
+        """Run `fn` on the current machine under the host lock and commit what it returns (one transaction);
+        `fn` may also update `migrating`.  An exception leaves the machine as it was."""
+        with self._lock:
+            old = self.machine
+            new = fn(old)
+            if new is not old and new != old:
+                self.store.commit(new)
+                self.machine = new
+            return self.machine
+
     def _restart_after_undo(self, dom: Domain) -> None:
         # The stopped guest's memory is gone; a fresh guest keeps the domain active as the old state says.
         rec = self.guests.start(dom)
@@ -157,8 +213,8 @@ class Host:
         try:
             machine = self.machine
             for dom in machine.domains:
-                if dom.state != DomainState.ACTIVE or dom.config.is_control:
-                    continue
+                if dom.state != DomainState.ACTIVE or dom.config.is_control or dom.name in self.migrating:
+                    continue  # a migrating domain's guest comes and goes under the engine's control
                 if self.guests.find(dom.name) is None:
                     log.warning(
                         "guest of LDom %s exited on its own: LDom %s is now bound", dom.name, dom.name
@@ -178,7 +234,13 @@ class Host:
         self.reconcile()
         machine = self.machine
         now = self.clock()
-        return HostView(machine=machine, now=now, util=self._utilisation(machine, time.monotonic()))
+        migrations = self.migrations.statuses() if self.migrations is not None else ()
+        return HostView(
+            machine=machine,
+            now=now,
+            util=self._utilisation(machine, time.monotonic()),
+            migrations=migrations,
+        )
 
     def _utilisation(self, machine: Machine, mono: float) -> dict[str, float]:
         """Percent of its strands' capacity each active domain used since the previous view (since it
@@ -207,6 +269,26 @@ class Host:
             for name in set(self._samples) - set(out):
                 del self._samples[name]
         return out
+
+
+def check_migration_locks(old: Machine, new: Machine, ctx: OpContext, verb: str) -> None:
+    """Whatever the operation: no change to a migrating domain, no new delayed reconfiguration while a
+    migration runs on this host (SPEC 3.1, 7.5).  Operations refuse these themselves; this is the net."""
+    for name, what in ctx.migrating.items():
+        if old.find(name) != new.find(name):
+            raise BusyError(
+                f"LDom {name} is being migrated ({what}): {verb} would change it, which is refused"
+            )
+    if not ctx.migrating:
+        return
+    name, what = next(iter(ctx.migrating.items()))
+    for dom in new.domains:
+        before = old.find(dom.name)
+        if dom.pending is not None and (before is None or before.pending is None):
+            raise BusyError(
+                f"Cannot start a delayed reconfiguration of LDom {dom.name} while a migration of LDom {name} "
+                f"is in progress ({what})"
+            )
 
 
 def guest_gone(dom: Domain) -> Domain:

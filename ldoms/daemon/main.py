@@ -1,9 +1,13 @@
 """`ldmd`: the Logical Domains Manager daemon for one host (its home directory).
 
 Start-up order matters for crash safety: lock the home (one ldmd per home), open the store, create the host
-at factory default or load it (refusing another platform or name), recover guests (re-attach, kill orphans),
+at factory default or load it (refusing another platform or name), settle interrupted migrations and recover
+guests (re-attach, kill orphans), make sure the host has its TLS identity and listen for peers (migrations),
 and only then bind the control socket, so an `ldm` that connects always meets a consistent host.
 Foreground; SIGTERM or SIGINT stop the server cleanly; guests keep running (they are in their own sessions).
+
+    ldmd [--home DIR] [--platform P] [--name N] [--listen ADDR:PORT] [--no-incoming-migrations]
+    ldmd [--home DIR] peer|trust|user|tls ...       administration (ldoms.daemon.admin); no home lock
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import socket
 import sys
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ldoms.daemon.home import HOME_ENV, Home, resolve_home
 from ldoms.daemon.host import put_domain
@@ -25,9 +30,13 @@ from ldoms.errors import LdmError, PlatformError, UsageError
 from ldoms.model.machine import Machine
 from ldoms.store import Store, platform_doc
 
+if TYPE_CHECKING:
+    from ldoms.daemon.host import Host
+    from ldoms.peer.listener import PeerListener
+
 log = logging.getLogger("ldmd")
 
-DEFAULT_LISTEN = "127.0.0.1:8101"
+DEFAULT_LISTEN = "0.0.0.0:6482"  # every address, on the LDoms manager's port (SPEC 2.5)
 _HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
@@ -80,9 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--listen",
-        help=f"ADDR:PORT peers use for migrations (default the first time: {DEFAULT_LISTEN}). Validated and "
-        "stored now; the TLS listener for peers comes in a later release, so nothing listens on it yet",
+        help=f"ADDR:PORT where this host's TLS listener takes migrations from peers (default the first time: "
+        f"{DEFAULT_LISTEN}, the LDoms manager's port 6482; IPv6 as [ADDR]:PORT); stored, so later starts "
+        "may omit it.  Sources reach it as `ldmd peer add NAME ADDR:PORT` names it",
     )
+    ap.add_argument(
+        "--no-incoming-migrations",
+        action="store_true",
+        help="refuse every incoming migration (a source gets a clear refusal); outgoing ones still work",
+    )
+    return ap
+
+
+def full_parser() -> argparse.ArgumentParser:
+    """ldmd's parser with the administration subcommands mounted (`ldmd peer|trust|user|tls ...`)."""
+    from ldoms.daemon import admin
+
+    ap = build_parser()
+    admin.add_admin_commands(ap.add_subparsers(dest="command", metavar="COMMAND"))
     return ap
 
 
@@ -148,20 +172,48 @@ def _setup_logging(home: Home) -> None:
     root.setLevel(logging.INFO)
 
 
-def serve(home: Home, store: Store, machine: Machine, listen: str) -> None:
-    import uvicorn
-
-    from ldoms.daemon.api import create_app
+def serve(
+    home: Home, store: Store, machine: Machine, listen: str, *, accept_incoming: bool = True
+) -> None:
     from ldoms.daemon.host import Host
+    from ldoms.daemon.migrate import MigrationManager
+    from ldoms.daemon.migrate_guest import GuestOps
+    from ldoms.daemon.migrate_recovery import recover_before_guests
     from ldoms.daemon.recovery import recover
-    from ldoms.daemon.sockpath import bind_unix
     from ldoms.hv.supervisor import GuestSupervisor
+    from ldoms.migration.journal import JournalStore
+    from ldoms.migration.transport import MigrationPolicy, TestHooks
+    from ldoms.peer.listener import PeerListener
+    from ldoms.peer.tls import ensure_host_tls
 
     guests = GuestSupervisor(home.guests)
-    recovered = recover(machine, guests, now=time.time())
+    recovered = recover_before_guests(machine, JournalStore.in_home(home.path), guests)
+    recovered = recover(recovered, guests, now=time.time())
     if recovered != machine:
         store.commit(recovered)
     host = Host(machine=recovered, store=store, guests=guests, listen=listen)
+    policy = MigrationPolicy(hooks=TestHooks.from_env())
+    manager = MigrationManager(
+        host, home.path, GuestOps(guests), policy=policy, accept_incoming=accept_incoming
+    )
+    host.migrations = manager
+    manager.recover()
+    ensure_host_tls(home.path, recovered.host_name, listen)
+    peers = PeerListener(home.path, listen, manager.handle_peer)  # a port in use is reported here
+    try:
+        _serve_api(home, host, peers.start())
+    finally:
+        peers.close()
+        manager.close()
+
+
+def _serve_api(home: Home, host: Host, peers: PeerListener) -> None:
+    import uvicorn
+
+    from ldoms.daemon.api import create_app
+    from ldoms.daemon.sockpath import bind_unix
+
+    guests, recovered, listen = host.guests, host.machine, host.listen
     app = create_app(host)
     sock = bind_unix(home.sock, mode=0o600)
     config = uvicorn.Config(
@@ -180,8 +232,9 @@ def serve(home: Home, store: Store, machine: Machine, listen: str) -> None:
         signal.signal(sig, lambda signum, frame: None)
     m = recovered
     log.info(
-        "serving host %s (platform %s) on %s; peers: %s", m.host_name, m.platform.name, home.sock, listen
-    )
+        "serving host %s (platform %s) on %s; peers: %s (listening on %s:%d)",
+        m.host_name, m.platform.name, home.sock, listen, *peers.address,
+    )  # fmt: skip
     print(
         f"ldmd: serving host {m.host_name} (platform {m.platform.name}) in {home.path}",
         file=sys.stderr,
@@ -197,8 +250,12 @@ def serve(home: Home, store: Store, machine: Machine, listen: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    os.umask(0o077)  # everything in the home is private: state, log, guest memory
+    args = full_parser().parse_args(argv)
+    os.umask(0o077)  # everything in the home is private: state, log, guest memory, TLS key, users
+    if getattr(args, "command", None) is not None:
+        from ldoms.daemon import admin
+
+        return admin.run_admin(args)  # works on the home's files; no home lock (a running ldmd may serve it)
     home = Home(resolve_home(args.home))
     logging_ready = False
     try:
@@ -208,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         logging_ready = True
         store, machine, listen = open_host(home, args)
         try:
-            serve(home, store, machine, listen)
+            accept = not getattr(args, "no_incoming_migrations", False)
+            serve(home, store, machine, listen, accept_incoming=accept)
         finally:
             store.close()
         return 0

@@ -98,7 +98,7 @@ class _Line:
         v = self.fields.get(key, "")
         if v == "":
             return default
-        if not re.fullmatch(r"\d{1,12}", v):
+        if not re.fullmatch(r"[0-9]{1,12}", v):
             raise self.err(f"invalid {key} '{v}': expected a whole number")
         return int(v)
 
@@ -131,14 +131,14 @@ class _Line:
         v = self.fields.get(key, "")
         if not v:
             return ()
-        if not re.fullmatch(r"\d{1,5}(,\d{1,5})*", v):
+        if not re.fullmatch(r"[0-9]{1,5}(,[0-9]{1,5})*", v):
             raise self.err(f"invalid {key} '{v}': expected comma-separated VLAN ids")
         return tuple(int(x) for x in v.split(","))
 
     def device(self, key: str, prefix: str) -> int:
         """`network@3` -> 3."""
         v = self.required(key)
-        m = re.fullmatch(re.escape(prefix) + r"@(\d{1,9})", v)
+        m = re.fullmatch(re.escape(prefix) + r"@([0-9]{1,9})", v)
         if not m:
             raise self.err(f"invalid {key} '{v}': expected {prefix}@<number>")
         return int(m.group(1))
@@ -193,7 +193,7 @@ def constraints_from_parseable(text: str) -> list[DomainConfig]:
     lines = [line.removesuffix("\r") for line in text.split("\n")]
     if lines and lines[-1] == "":
         lines.pop()
-    if not lines or not re.fullmatch(r"VERSION \d+(\.\d+)*", lines[0]):
+    if not lines or not re.fullmatch(r"VERSION [0-9]+(\.[0-9]+)*", lines[0]):
         first = lines[0] if lines else ""
         raise UsageError(shorten_quoted(f"{_PREFIX}: the first line must be 'VERSION 1.0', not '{first}'"))
     domains: list[_Domain] = []
@@ -256,7 +256,7 @@ def _read_record(dom: _Domain, tag: str, rec: _Line) -> None:
     elif tag == "VDS":
         dom.add("vds", (rec.required("name"), []))
     elif tag == "VCC":
-        m = re.fullmatch(r"(\d{1,5})-(\d{1,5})", rec.str("port-range"))
+        m = re.fullmatch(r"([0-9]{1,5})-([0-9]{1,5})", rec.str("port-range"))
         if not m:
             raise rec.err(f"invalid port-range '{rec.str('port-range')}': expected <min>-<max>")
         dom.add("vcc", Vcc(name=rec.required("name"), port_min=int(m.group(1)), port_max=int(m.group(2))))

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The automatic MAC pool starts at `Platform.mac_base` and holds this many addresses (00:14:4f:f8:00:00 -
+# 00:14:4f:fb:ff:ff on Sun machines); a platform file's base must leave room for all of it.
+MAC_POOL_SIZE = 0x40000
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Core:

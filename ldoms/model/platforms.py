@@ -43,24 +43,48 @@ integers, hex allowed by TOML itself (`0x4000000`), or strings `"0x4000000"`)::
     [mac]                                     # optional
     base = "00:14:4f:f8:00:00"                # start of the automatic MAC pool
 
-At least one memory range must be usable (not reserved).  Device names and pseudonyms must be unique.
+At least one memory range must be usable (not reserved).  Device names and pseudonyms must be unique (across
+`pci` and `niu`).
+
+Hostile files fail fast with a `PlatformError`, never a hang or a traceback: a file is read only if it is a
+regular file of at most `PLATFORM_MAX_BYTES`; counts and sizes are bounded by what a SPARC machine can have
+(`MAX_*` below: a platform of 10^9 strands would otherwise be built strand by strand); strings hold no control
+characters (they are printed in listings, one record per line); and messages show values one line long.
 """
 
 from __future__ import annotations
 
+import datetime
 import importlib.resources
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ldoms.errors import LdmError, PlatformError
-from ldoms.model.platform import MemRange, Niu, PciBus, Platform
-from ldoms.units import PAGE_SIZE, parse_addr, parse_mac, parse_size
+from ldoms.errors import LdmError, PlatformError, one_line
+from ldoms.model.platform import MAC_POOL_SIZE, MemRange, Niu, PciBus, Platform
+from ldoms.units import PAGE_SIZE, G, parse_addr, parse_mac, parse_size
 
 _PRESET_PACKAGE = "ldoms.model"
 _PRESET_DIR = "platforms"
+
+# Bounds of a believable SPARC machine (the largest, an M6-32, has 32 sockets x 12 cores x 8 strands).
+PLATFORM_MAX_BYTES = 1024 * 1024
+MAX_SOCKETS = 64
+MAX_CORES_PER_SOCKET = 64
+MAX_STRANDS_PER_CORE = 16
+MAX_STRANDS = 8192
+MAX_MHZ = 100_000
+MAX_RANGES = 1024
+MAX_DEVICES = 256
+MAX_PAGESIZE = 16 * G
+ADDRESS_LIMIT = 1 << 64  # physical addresses are 64-bit
+_LOW_40 = (1 << 40) - 1  # a MAC without its first octet (whose lowest bit marks multicast)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_PSEUDONYM = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 
 
 def list_presets() -> tuple[str, ...]:
@@ -73,19 +97,37 @@ def load_platform(name_or_path: str) -> Platform:
     """A preset by name (`t5240`), or a TOML file by path (anything containing `/` or ending in `.toml`)."""
     if "/" in name_or_path or name_or_path.endswith(".toml"):
         path = Path(name_or_path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as e:
-            raise PlatformError(f"platform file {name_or_path}: cannot be read: {e.strerror or e}") from e
+        text = _read_file(path, name_or_path)
         return platform_from_toml(text, path.stem, source=path.name)
     presets = list_presets()
     if name_or_path not in presets:
         raise PlatformError(
-            f"unknown platform '{name_or_path}': expected one of {', '.join(presets)} "
+            f"unknown platform '{one_line(name_or_path)}': expected one of {', '.join(presets)} "
             "or a path to a .toml file"
         )
     res = importlib.resources.files(_PRESET_PACKAGE).joinpath(_PRESET_DIR, f"{name_or_path}.toml")
     return platform_from_toml(res.read_text(encoding="utf-8"), name_or_path)
+
+
+def _read_file(path: Path, shown: str) -> str:
+    """The text of a platform file: a regular file (not a FIFO, which would block, nor /dev/zero, which never
+    ends) of at most PLATFORM_MAX_BYTES, in UTF-8."""
+    where = f"platform file {one_line(shown)}"
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer (regular files ignore it).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise PlatformError(f"{where}: cannot be read: it is not a regular file")
+            data = f.read(PLATFORM_MAX_BYTES + 1)
+    except OSError as e:
+        raise PlatformError(f"{where}: cannot be read: {e.strerror or e}") from e
+    if len(data) > PLATFORM_MAX_BYTES:
+        raise PlatformError(f"{where}: is larger than {PLATFORM_MAX_BYTES} bytes: not a platform description")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PlatformError(f"{where}: is not UTF-8 text (invalid byte at offset {e.start})") from None
 
 
 def platform_from_toml(text: str, name: str, *, source: str | None = None) -> Platform:
@@ -95,8 +137,26 @@ def platform_from_toml(text: str, name: str, *, source: str | None = None) -> Pl
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise PlatformError(f"platform file {p.source}: not valid TOML: {e}") from e
+        raise PlatformError(one_line(f"platform file {p.source}: not valid TOML: {e}")) from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise PlatformError(
+            f"platform file {one_line(p.source)}: not valid TOML: arrays or tables nest too deeply"
+        ) from None
     return p.platform(doc, name)
+
+
+def _show(value: Any) -> str:
+    """A TOML value for a message: one line, cut short, dates as written, tables and arrays by kind."""
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return f"an array of {len(value)} values" if len(repr(value)) > 60 else repr(value)
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, str):
+        text = value if len(value) <= 60 else value[:57] + "..."
+        return repr(text)
+    return repr(value)
 
 
 class _Parser:
@@ -106,7 +166,8 @@ class _Parser:
         self.source = source
 
     def fail(self, key: str, problem: str) -> PlatformError:
-        return PlatformError(f"platform file {self.source}: key '{key}' {problem}")
+        # Keys can be any quoted TOML string and sources any file name: one_line keeps the message one line.
+        return PlatformError(one_line(f"platform file {self.source}: key '{key}' {problem}"))
 
     def table(self, doc: dict[str, Any], key: str, prefix: str, *, required: bool) -> dict[str, Any]:
         full = f"{prefix}{key}"
@@ -116,14 +177,14 @@ class _Parser:
             return {}
         value = doc[key]
         if not isinstance(value, dict):
-            raise self.fail(full, f"must be a table, got {value!r}")
+            raise self.fail(full, f"must be a table, got {_show(value)}")
         return value
 
     def array_of_tables(self, doc: dict[str, Any], key: str, prefix: str) -> list[dict[str, Any]]:
         full = f"{prefix}{key}"
         value = doc.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise self.fail(full, f"must be an array of tables ([[{full}]]), got {value!r}")
+            raise self.fail(full, f"must be an array of tables ([[{full}]]), got {_show(value)}")
         return value
 
     def check_keys(self, doc: dict[str, Any], allowed: set[str], prefix: str) -> None:
@@ -144,23 +205,38 @@ class _Parser:
     # ---------------------------------------------------------------- value converters
     def string(self, key: str, value: Any) -> str:
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, f"must be a non-empty string, got {value!r}")
+            raise self.fail(key, f"must be a non-empty string, got {_show(value)}")
+        if _CONTROL.search(value) or len(value) > 256:
+            raise self.fail(key, f"must be one line of at most 256 characters, got {_show(value)}")
         return value
 
     def positive_int(self, key: str, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise self.fail(key, f"must be a positive integer, got {value!r}")
+            raise self.fail(key, f"must be a positive integer, got {_show(value)}")
         return value
+
+    def bounded(self, maximum: int) -> Callable[[str, Any], int]:
+        """A positive integer of at most `maximum`."""
+
+        def conv(key: str, value: Any) -> int:
+            n = self.positive_int(key, value)
+            if n > maximum:
+                raise self.fail(key, f"must be at most {maximum}, got {n}")
+            return n
+
+        return conv
 
     def boolean(self, key: str, value: Any) -> bool:
         if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false, got {value!r}")
+            raise self.fail(key, f"must be true or false, got {_show(value)}")
         return value
 
     def size(self, key: str, value: Any) -> int:
         n = self._number(key, value, parse_size, "a size (bytes, or a string like '512K', '62M', '32G')")
         if n <= 0 or n % PAGE_SIZE:
-            raise self.fail(key, f"must be a positive multiple of 8K, got {value!r}")
+            raise self.fail(key, f"must be a positive multiple of 8K, got {_show(value)}")
+        if n >= ADDRESS_LIMIT:
+            raise self.fail(key, f"must be less than 2^64 bytes, got {_show(value)}")
         return n
 
     def address(self, key: str, value: Any) -> int:
@@ -170,25 +246,33 @@ class _Parser:
 
     def mac(self, key: str, value: Any) -> int:
         if not isinstance(value, str):
-            raise self.fail(key, f"must be a MAC address string like '00:14:4f:f8:00:00', got {value!r}")
+            raise self.fail(key, f"must be a MAC address string like '00:14:4f:f8:00:00', got {_show(value)}")
         try:
-            return parse_mac(value)
+            mac = parse_mac(value)
         except LdmError as e:
-            raise self.fail(key, f"must be a MAC address like '00:14:4f:f8:00:00', got {value!r}") from e
+            raise self.fail(key, f"must be a MAC address like '00:14:4f:f8:00:00', got {_show(value)}") from e
+        if mac >> 40 & 1:
+            raise self.fail(key, f"must be a unicast MAC address (first octet even), got {_show(value)}")
+        if (mac & _LOW_40) + MAC_POOL_SIZE > _LOW_40 + 1:  # the pool would spill into multicast addresses
+            raise self.fail(
+                key,
+                f"must leave room for the {MAC_POOL_SIZE} unicast addresses of the pool, got {_show(value)}",
+            )
+        return mac
 
     def _number(self, key: str, value: Any, parse: Callable[[str], int], what: str) -> int:
         if isinstance(value, bool):
-            raise self.fail(key, f"must be {what}, got {value!r}")
+            raise self.fail(key, f"must be {what}, got {_show(value)}")
         if isinstance(value, int):
             if value < 0:
-                raise self.fail(key, f"must be {what}, got {value!r}")
+                raise self.fail(key, f"must be {what}, got {_show(value)}")
             return value
         if isinstance(value, str):
             try:
                 return parse(value)
             except LdmError as e:
-                raise self.fail(key, f"must be {what}, got {value!r}") from e
-        raise self.fail(key, f"must be {what}, got {value!r}")
+                raise self.fail(key, f"must be {what}, got {_show(value)}") from e
+        raise self.fail(key, f"must be {what}, got {_show(value)}")
 
     # ---------------------------------------------------------------- the document
     def platform(self, doc: dict[str, Any], name: str) -> Platform:
@@ -198,22 +282,32 @@ class _Parser:
         cpu = self.table(doc, "cpu", "", required=True)
         self.check_keys(cpu, {"type", "mhz", "sockets", "cores_per_socket", "strands_per_core"}, "cpu.")
         cpu_type = self.get(cpu, "type", "cpu.", self.string)
-        mhz = self.get(cpu, "mhz", "cpu.", self.positive_int)
-        sockets = self.get(cpu, "sockets", "cpu.", self.positive_int)
-        cores = self.get(cpu, "cores_per_socket", "cpu.", self.positive_int)
-        strands = self.get(cpu, "strands_per_core", "cpu.", self.positive_int)
+        mhz = self.get(cpu, "mhz", "cpu.", self.bounded(MAX_MHZ))
+        sockets = self.get(cpu, "sockets", "cpu.", self.bounded(MAX_SOCKETS))
+        cores = self.get(cpu, "cores_per_socket", "cpu.", self.bounded(MAX_CORES_PER_SOCKET))
+        strands = self.get(cpu, "strands_per_core", "cpu.", self.bounded(MAX_STRANDS_PER_CORE))
+        if sockets * cores * strands > MAX_STRANDS:
+            raise self.fail(
+                "cpu",
+                f"describes {sockets} x {cores} x {strands} = {sockets * cores * strands} strands, more than "
+                f"the {MAX_STRANDS} allowed",
+            )
 
         mem = self.table(doc, "memory", "", required=True)
         self.check_keys(mem, {"hw_max_pagesize", "range"}, "memory.")
         hw_page = self.get(mem, "hw_max_pagesize", "memory.", self.size)
-        if hw_page & (hw_page - 1):
+        if hw_page & (hw_page - 1) or hw_page > MAX_PAGESIZE:
             raise self.fail(
-                "memory.hw_max_pagesize", f"must be a power of two, got {mem['hw_max_pagesize']!r}"
+                "memory.hw_max_pagesize",
+                f"must be a power of two of at most 16G, got {_show(mem['hw_max_pagesize'])}",
             )
         ranges = self.memory_ranges(mem)
 
-        pci = tuple(PciBus(dev=d, pseudonym=a) for d, a in self.devices(doc, "pci"))
-        niu = tuple(Niu(dev=d, pseudonym=a) for d, a in self.devices(doc, "niu"))
+        seen: set[str] = (
+            set()
+        )  # device names and pseudonyms: unique across buses and NIUs (add-io takes both)
+        pci = tuple(PciBus(dev=d, pseudonym=a) for d, a in self.devices(doc, "pci", seen))
+        niu = tuple(Niu(dev=d, pseudonym=a) for d, a in self.devices(doc, "niu", seen))
 
         fw = self.table(doc, "firmware", "", required=False)
         self.check_keys(fw, {"hypervisor", "hypervisor_date", "obp", "obp_date", "release"}, "firmware.")
@@ -249,6 +343,8 @@ class _Parser:
         items = self.array_of_tables(mem, "range", "memory.")
         if not items:
             raise self.fail("memory.range", "is missing: at least one [[memory.range]] is required")
+        if len(items) > MAX_RANGES:
+            raise self.fail("memory.range", f"has {len(items)} ranges, more than the {MAX_RANGES} allowed")
         out: list[MemRange] = []
         for i, item in enumerate(items):
             prefix = f"memory.range[{i}]."
@@ -258,6 +354,10 @@ class _Parser:
                 raise self.fail(f"{prefix}pa", f"must be aligned to 8K, got {pa:#x}")
             size = self.get(item, "size", prefix, self.size)
             reserved = self.get(item, "reserved", prefix, self.boolean, False)
+            if pa + size > ADDRESS_LIMIT:
+                raise self.fail(
+                    f"{prefix}size", f"takes the range past the 64-bit address space: {pa:#x} + {size:#x}"
+                )
             if out and pa < out[-1].end:
                 raise self.fail(
                     f"{prefix}pa",
@@ -269,19 +369,26 @@ class _Parser:
             raise self.fail("memory.range", "has no usable range: every range is reserved")
         return tuple(out)
 
-    def devices(self, doc: dict[str, Any], key: str) -> list[tuple[str, str]]:
+    def devices(self, doc: dict[str, Any], key: str, seen: set[str]) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
-        seen: set[str] = set()
-        for i, item in enumerate(self.array_of_tables(doc, key, "")):
+        items = self.array_of_tables(doc, key, "")
+        if len(items) > MAX_DEVICES:
+            raise self.fail(key, f"lists {len(items)} devices, more than the {MAX_DEVICES} allowed")
+        for i, item in enumerate(items):
             prefix = f"{key}[{i}]."
             self.check_keys(item, {"dev", "pseudonym"}, prefix)
             dev = self.get(item, "dev", prefix, self.string)
             alias = self.get(item, "pseudonym", prefix, self.string)
-            if not re.fullmatch(r"[a-z]+@[0-9a-f]+", dev):
-                raise self.fail(f"{prefix}dev", f"must look like '{key}@400', got {dev!r}")
+            if not re.fullmatch(r"[a-z]+@[0-9a-f]{1,16}", dev):
+                raise self.fail(f"{prefix}dev", f"must look like '{key}@400', got {_show(dev)}")
+            if not _PSEUDONYM.fullmatch(alias):
+                raise self.fail(
+                    f"{prefix}pseudonym",
+                    f"must be a name (a letter, then letters, digits, '_', '.' or '-'), got {_show(alias)}",
+                )
             for k, v in (("dev", dev), ("pseudonym", alias)):
                 if v in seen:
-                    raise self.fail(f"{prefix}{k}", f"must be unique, got {v!r} twice")
+                    raise self.fail(f"{prefix}{k}", f"must be unique, got {_show(v)} twice")
                 seen.add(v)
             out.append((dev, alias))
         return out

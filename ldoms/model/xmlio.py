@@ -33,7 +33,7 @@ from typing import Any
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
 
-from ldoms.errors import UsageError
+from ldoms.errors import UsageError, one_line
 from ldoms.model.constraints_check import XML_BAD_RE, shorten_quoted, validate_configs
 from ldoms.model.domain import DomainConfig
 from ldoms.model.xmlread import PREFIX as _PREFIX
@@ -211,6 +211,15 @@ def constraints_to_xml(domains: Sequence[DomainConfig]) -> str:
 def constraints_from_xml(text: str | bytes) -> list[DomainConfig]:
     """Parse what `constraints_to_xml` (or `ldm list-constraints -x`) printed.  Raise `UsageError` on hostile,
     malformed or invalid input, naming the element and the value."""
+    try:
+        return _read_document(text)
+    except UsageError as e:
+        # Messages quote the document's text, which XML lets hold DEL, C1 controls and (through character
+        # references) newlines: escaped, the message stays one line.
+        raise UsageError(one_line(e.message)) from None
+
+
+def _read_document(text: str | bytes) -> list[DomainConfig]:
     raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     if len(raw) > XML_MAX_BYTES:
         raise UsageError(

@@ -98,7 +98,7 @@ class _Fields:
         if tag not in self.leaves:
             return default
         v = self.leaves[tag].strip()
-        if not re.fullmatch(r"\d{1,12}", v):
+        if not re.fullmatch(r"[0-9]{1,12}", v):
             raise self._err(tag, "number", v, "expected a whole number")
         return int(v)
 
@@ -137,7 +137,7 @@ class _Fields:
         v = self.leaves.get(tag, "").strip()
         if not v:
             return ()
-        if not re.fullmatch(r"\d{1,5}(,\d{1,5})*", v.replace(" ", "")):
+        if not re.fullmatch(r"[0-9]{1,5}(,[0-9]{1,5})*", v.replace(" ", "")):
             raise self._err(tag, "VLAN id list", v, "expected comma-separated numbers")
         return tuple(int(x) for x in v.replace(" ", "").split(","))
 

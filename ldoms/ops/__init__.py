@@ -4,6 +4,7 @@ from ldoms.ops import (  # noqa: F401
     domains,
     lifecycle,
     listing,
+    migrate,
     reconf,
     resources,
     spconfig,

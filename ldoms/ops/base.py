@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ldoms.errors import UsageError
+from ldoms.errors import LdmError, UsageError, one_line
 from ldoms.model.machine import Machine
 
 
@@ -125,12 +125,20 @@ def lookup(verb: str) -> Operation:
 
     name = ALIASES.get(verb)
     if name is None:
-        raise UsageError(f"Unknown command: {verb}")
+        raise UsageError(one_line(f"Unknown command: {verb}"))  # the API takes any string as a verb
     return REGISTRY[name]
 
 
 def run(machine: Machine, request: Request, ctx: OpContext) -> OpResult:
-    op = lookup(request.verb)
-    args = op.check_arguments(request)
-    op.check_prereq(machine, args, ctx)
-    return op.execute(machine, args, ctx)
+    try:
+        op = lookup(request.verb)
+        args = op.check_arguments(request)
+        op.check_prereq(machine, args, ctx)
+        return op.execute(machine, args, ctx)
+    except LdmError as e:
+        # Refusals quote what was asked (names, values), which may hold newlines or other control characters
+        # (the API takes any string): escaped here, once for every operation, the message stays one line.
+        # No operation raises LDoms' documented multi-line texts (those are notices, in OpResult.messages).
+        e.message = one_line(e.message)
+        e.args = (e.message,)
+        raise

@@ -27,7 +27,7 @@ DR_NOTICE = (
 
 
 def check_name(name: str, what: str = "LDom name") -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):  # fullmatch: `$` alone would let a trailing newline through
         raise UsageError(
             f"Invalid {what} '{name}': a name starts with a letter and contains only letters, digits "
             "and - _ + # . : ; ~ ( ) (at most 64 characters)"
@@ -36,8 +36,10 @@ def check_name(name: str, what: str = "LDom name") -> str:
 
 
 def parse_int(text: str, what: str, *, minimum: int = 0, maximum: int | None = None) -> int:
-    if not re.fullmatch(r"\d+", text.strip()):
+    if not re.fullmatch(r"[0-9]+", text.strip()):
         raise UsageError(f"Invalid {what} '{text}': expected a whole number")
+    if len(text.strip()) > 20:  # beyond any count or id (and int() refuses over 4300 digits)
+        raise UsageError(f"Invalid {what} '{text}': the number is too large")
     value = int(text)
     if value < minimum or (maximum is not None and value > maximum):
         hi = f" and {maximum}" if maximum is not None else ""
@@ -64,9 +66,7 @@ def check_bind_stop_allowed(ctx: OpContext, verb: str) -> None:
     """While any migration runs on this host, bind and stop of any domain are refused (SPEC §3.1)."""
     if ctx.migrating:
         name, what = next(iter(ctx.migrating.items()))
-        raise BusyError(
-            f"Cannot {verb} while a migration of LDom {name} is in progress ({what})"
-        )
+        raise BusyError(f"Cannot {verb} while a migration of LDom {name} is in progress ({what})")
 
 
 def check_other_domain_reconfig(machine: Machine, target: str) -> None:

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, replace
 
 from ldoms.errors import AlreadyExistsError, NotFoundError, UsageError
+from ldoms.model.constraints_check import XML_BAD_RE
 from ldoms.model.domain import Domain, DomainConfig
 from ldoms.model.machine import Machine
 from ldoms.ops.base import OpContext, OpResult, Request, VerbSpec, register
@@ -32,14 +33,15 @@ from ldoms.ops.common import (
     get_domain,
 )
 
-_VAR_NAME_RE = re.compile(r"^[^\s=|]{1,64}$")
+# Names and values must be what a constraints document can carry and read back (`constraints_check`): no
+# control characters in names, nothing XML cannot hold in values, or `list-constraints -x` (and a migration)
+# of the domain would fail later.
+_VAR_NAME_RE = re.compile("^[^\\s=|\x00-\x1f\x7f\ud800-\udfff\ufffe\uffff]{1,64}$")
 
 
 def check_var_name(name: str) -> str:
-    if not _VAR_NAME_RE.match(name):
-        raise UsageError(
-            f"Invalid variable name '{name}': 1 to 64 characters without spaces, '=' or '|'"
-        )
+    if not _VAR_NAME_RE.fullmatch(name):  # not `match`: `$` lets a trailing newline through
+        raise UsageError(f"Invalid variable name '{name}': 1 to 64 characters without spaces, '=' or '|'")
     return name
 
 
@@ -72,9 +74,16 @@ def _assignments(request: Request, spec: VerbSpec) -> VarArgs:
         raise UsageError(f"Usage: ldm {spec.usage}")
     seen: dict[str, str] = {}
     for name, value in pairs:
-        if "\n" in value or "|" in value:
+        check_var_name(name)  # first: the value's errors name the variable
+        if "\n" in value or "\r" in value or "|" in value:
             raise UsageError(f"Invalid value for variable {name}: it cannot contain a newline or '|'")
-        seen[check_var_name(name)] = value  # the last assignment of a name wins, as in a shell
+        bad = XML_BAD_RE.search(value)
+        if bad:
+            raise UsageError(
+                f"Invalid value for variable {name}: it contains the character U+{ord(bad.group()):04X}, "
+                "which cannot be stored"
+            )
+        seen[name] = value  # the last assignment of a name wins, as in a shell
     return VarArgs(ldom=check_name(ldom), assignments=tuple(seen.items()))
 
 

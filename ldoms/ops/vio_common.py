@@ -46,7 +46,8 @@ VLAN_MIN, VLAN_MAX = 1, 4094
 PORT_MIN, PORT_MAX = 1, 65535
 
 # Backends and net-dev names: "letters, numbers, or punctuation" (1.3 Admin Guide, Entering Names in the CLI).
-_DEVICE_RE = re.compile(r"^[!-~]+$")
+# Printable ASCII without spaces and without '|', the separator of `-p` output (which must read back).
+_DEVICE_RE = re.compile(r"^[!-{}~]+$")
 
 
 # ---------------------------------------------------------------- request parsing
@@ -72,7 +73,7 @@ def force_flag(request: Request) -> bool:
 
 
 def parse_mtu(text: str) -> int:
-    if not re.fullmatch(r"\d+", text.strip()):
+    if not re.fullmatch(r"[0-9]{1,20}", text.strip()):
         raise UsageError(f"Invalid mtu '{text}': expected a whole number between {MTU_MIN} and {MTU_MAX}")
     mtu = int(text)
     if not MTU_MIN <= mtu <= MTU_MAX:
@@ -81,7 +82,7 @@ def parse_mtu(text: str) -> int:
 
 
 def parse_vlan(text: str, what: str) -> int:
-    if not re.fullmatch(r"\d+", text.strip()):
+    if not re.fullmatch(r"[0-9]{1,20}", text.strip()):
         raise UsageError(
             f"Invalid {what} '{text}': a VLAN id is a whole number between {VLAN_MIN} and {VLAN_MAX}"
         )
@@ -104,7 +105,7 @@ def parse_vid_list(text: str) -> tuple[int, ...]:
 
 
 def parse_device_id(text: str, what: str) -> int:
-    if not re.fullmatch(r"\d+", text.strip()):
+    if not re.fullmatch(r"[0-9]{1,20}", text.strip()):
         raise UsageError(f"Invalid {what} '{text}': expected a whole number (0 or more)")
     return int(text)
 
@@ -120,8 +121,10 @@ def parse_linkprop(text: str) -> str:
 
 
 def check_device_name(text: str, what: str) -> str:
-    if not _DEVICE_RE.match(text):
-        raise UsageError(f"Invalid {what} '{text}': it must contain only letters, numbers or punctuation")
+    if not _DEVICE_RE.fullmatch(text):  # not `match`: `$` lets a trailing newline through
+        raise UsageError(
+            f"Invalid {what} '{text}': it must contain only letters, numbers or punctuation other than '|'"
+        )
     return text
 
 

@@ -51,7 +51,7 @@ from ldoms.ops.vio_common import (
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
+    m = re.fullmatch(r"\s*([0-9]{1,20})\s*-\s*([0-9]{1,20})\s*", text)
     if not m:
         raise UsageError(f"Invalid port-range '{text}': expected x-y, e.g. port-range=5000-5100")
     lo, hi = int(m.group(1)), int(m.group(2))
@@ -63,7 +63,7 @@ def parse_port_range(text: str) -> tuple[int, int]:
 
 
 def parse_port(text: str) -> int:
-    if not re.fullmatch(r"\s*\d+\s*", text):
+    if not re.fullmatch(r"\s*[0-9]{1,20}\s*", text):
         raise UsageError(f"Invalid port '{text}': expected a port number between {PORT_MIN} and {PORT_MAX}")
     port = int(text)
     if not PORT_MIN <= port <= PORT_MAX:

@@ -1,0 +1,74 @@
+"""What the migration engines ask of the guest runtime (ldoms.hv): the OS profile, suspend and resume, the
+incoming start, destruction.  One small class, so engine tests can substitute it.
+
+- `profile(dom)`: the guest's OS profile and conditions from its variables (`ldoms.hv.profile`); a value the
+  guest itself would refuse counts as the default profile here (the variable is judged when the guest
+  starts, not by the migration);
+- `suspend(name)`: `GuestControl.suspend` (the guest stops at a step boundary) and its `state`, which the
+  target's guest restores (`GuestSupervisor.start(..., incoming_state=state)`);
+- `start_incoming(dom, image, state)`: the staging image becomes the guest's memory file (`NAME.mem`, a
+  rename in the same home), then the guest starts from it and restores the state;
+- `destroy(name)`: the guest stops (a suspended guest still serves signals) and its files go.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ldoms.checks.facts import GuestConditions, GuestProfile
+from ldoms.errors import LdmError, OpExecError
+from ldoms.hv.files import PidRecord
+from ldoms.hv.supervisor import GuestSupervisor
+from ldoms.model.domain import Domain
+
+log = logging.getLogger("ldmd.migration.guest")
+
+SUSPEND_TIMEOUT_S = 10.0  # a step is well under a millisecond; the guest may be busy starting up
+
+
+class GuestOps:
+    def __init__(self, guests: GuestSupervisor) -> None:
+        self.guests = guests
+
+    def profile(self, dom: Domain) -> tuple[GuestProfile, GuestConditions]:
+        from ldoms.hv.profile import guest_profile
+
+        try:
+            return guest_profile(dict(dom.config.variables))
+        except LdmError as e:
+            log.warning("LDom %s: %s; judging its migration with the default OS profile", dom.name, e)
+            return GuestProfile(), GuestConditions()
+
+    def memory_path(self, name: str) -> Path:
+        return self.guests.files(name).mem
+
+    def suspend(self, name: str) -> bytes:
+        """Suspend the guest; its state, as bytes for FinalState.cpu_state."""
+        answer = self.guests.control(name).suspend(timeout=SUSPEND_TIMEOUT_S)
+        return json.dumps(answer.get("state", {}), sort_keys=True).encode()
+
+    def resume(self, name: str) -> None:
+        self.guests.control(name).resume()
+
+    def start_incoming(self, dom: Domain, image: Path, cpu_state: bytes) -> PidRecord:
+        try:
+            state: Any = json.loads(cpu_state)
+        except ValueError as e:
+            raise OpExecError(f"the vCPU state of LDom {dom.name} is not readable: {e}") from None
+        if not isinstance(state, dict):
+            raise OpExecError(f"the vCPU state of LDom {dom.name} is not an object")
+        mem = self.memory_path(dom.name)
+        if image.exists():
+            self.guests.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.replace(image, mem)
+        return self.guests.start(dom, incoming_state=state)
+
+    def running(self, name: str) -> bool:
+        return self.guests.find(name) is not None
+
+    def destroy(self, name: str) -> None:
+        self.guests.stop(name)
