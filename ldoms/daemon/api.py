@@ -175,7 +175,7 @@ def create_app(host: Host) -> FastAPI:
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
             for e in exc.errors()[:5]
         )
-        return error_response(422, "usage", f"Malformed request: {problems}", 2)
+        return error_response(422, "usage", errors.one_line(f"Malformed request: {problems}"), 2)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

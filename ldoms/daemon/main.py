@@ -54,7 +54,7 @@ def parse_listen(text: str) -> tuple[str, int]:
     try:
         ipaddress.ip_address(addr)
     except ValueError:
-        if m.group(1) or not _HOSTNAME_RE.match(addr):
+        if m.group(1) or not _HOSTNAME_RE.fullmatch(addr):
             raise UsageError(
                 f"invalid --listen '{text}': '{addr}' is neither an IP address nor a host name"
             ) from None
@@ -62,7 +62,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def check_host_name(name: str) -> str:
-    if not _HOSTNAME_RE.match(name):
+    if not _HOSTNAME_RE.fullmatch(name):
         raise UsageError(f"invalid --name '{name}': a host name holds letters, digits, '-' and '.' only")
     return name
 
@@ -211,6 +211,7 @@ def _serve_api(home: Home, host: Host, peers: PeerListener) -> None:
     import uvicorn
 
     from ldoms.daemon.api import create_app
+    from ldoms.daemon.httpproto import HeadTimeoutProtocol
     from ldoms.daemon.sockpath import bind_unix
 
     guests, recovered, listen = host.guests, host.machine, host.listen
@@ -222,7 +223,8 @@ def _serve_api(home: Home, host: Host, peers: PeerListener) -> None:
         access_log=False,
         lifespan="off",
         timeout_keep_alive=5,
-        limit_concurrency=64,
+        http=HeadTimeoutProtocol,  # closes clients that never finish a request head (slow loris)
+        limit_concurrency=1024,
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(config)

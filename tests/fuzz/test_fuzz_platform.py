@@ -359,12 +359,6 @@ def test_ldmd_refuses_bad_platforms_and_a_good_start_follows(tmp_path: Path, rea
         assert h.term() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ldmd bug (daemon/main.py: _HOSTNAME_RE is applied with .match, and `$` matches before a final "
-    "newline): `ldmd --name 'h1\\n'` creates a host whose name ends in a newline and `--listen 'host\\n:80'` "
-    "is stored as is; use fullmatch",
-)
 @pytest.mark.parametrize("which", ["name", "listen"])
 def test_ldmd_host_name_and_listen_address_refuse_a_trailing_newline(which: str) -> None:
     from ldoms.daemon.main import check_host_name, parse_listen
