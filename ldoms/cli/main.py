@@ -15,7 +15,8 @@ without echo (unless `-p FILE` or `-c`), then follows the migration's stream unt
 success; on failure every reason and `Domain Migration of LDom NAME failed` on stderr, exit 1 (3 when the
 target refused the credentials); `-n --json` prints the verdict as one JSON document on stdout.  ldm
 ignores SIGHUP meanwhile (a lost terminal does not stop the migration, SPEC 2.7); a KILL ends the
-connection, which cancels it.
+connection, which cancels it.  When stderr is a terminal, a live progress bar (`ldoms.cli.progress`) shows
+the transfer and is erased at the end, so the lines that stay are the same with or without a terminal.
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ldoms.cli.client import Client
 from ldoms.cli.parse import parse_args, synopsis
+from ldoms.cli.progress import ProgressDisplay, should_show
 from ldoms.daemon.home import HOME_ENV, resolve_home
 from ldoms.errors import LdmError, UsageError
 from ldoms.model.view import HostView
 from ldoms.ops.base import REGISTRY, OpContext, Operation, Request, VerbSpec, lookup
+
+if TYPE_CHECKING:
+    from ldoms.ops.migrate import MigrateArgs
 
 FILE_FLAGS = ("-i",)  # value flags naming a file whose contents travel in the request
 
@@ -100,6 +105,12 @@ def _list_spconfig(view: HostView, req: Request) -> str:
     return format_spconfig(view.machine)
 
 
+def _list_migrations(view: HostView, req: Request) -> str:
+    from ldoms.cli.format.history import format_history
+
+    return format_history(view, _names(req), parseable="-p" in req.flags, tz=None)  # local time for people
+
+
 # The one table wiring listing verbs (canonical names) to the pure formatters.
 FORMATTERS: dict[str, Formatter] = {
     "list-domain": _list_domain,
@@ -109,6 +120,7 @@ FORMATTERS: dict[str, Formatter] = {
     "list-services": _list_services,
     "list-variable": _list_variable,
     "list-spconfig": _list_spconfig,
+    "list-migrations": _list_migrations,
 }
 
 
@@ -222,15 +234,20 @@ def run_migrate(client: Client, op: Operation, request: Request, out: Any, err: 
         password = read_password_file(args.password_file) if args.password_file else ask_password()
     body = {
         "flags": {k: v for k, v in request.flags.items() if k != "-p"},  # the password travels, not the file
+        "props": [list(p) for p in request.props],  # the live-migration knobs (max-downtime=..., ...)
         "operands": list(request.operands),
         "password": password,
         "user": invoking_user(),
     }
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     result: dict[str, Any] | None = None
-    for item in client.migrate(body):
-        if item.get("type") == "result":
-            result = item
+    show = not (args.dry_run or args.json) and should_show(err)
+    with ProgressDisplay(err, label=_progress_label(args), enabled=show) as bar:
+        for item in client.migrate(body):
+            if item.get("type") == "result":
+                result = item
+            else:
+                bar.update(item)
     if result is None:
         raise LdmError(f"ldmd ended the migration of LDom {args.source} without a result (see its ldmd.log)")
     ok = bool(result.get("ok"))
@@ -248,6 +265,11 @@ def run_migrate(client: Client, op: Operation, request: Request, out: Any, err: 
     for line in result.get("lines", []):
         _quiet_write(err, str(line).rstrip("\n") + "\n")
     return 0 if ok else int(result.get("exit_code") or 1)
+
+
+def _progress_label(args: MigrateArgs) -> str:
+    target = args.target.host if args.target_ldom == args.source else f"{args.target.host}:{args.target_ldom}"
+    return f"{args.source} → {target}"
 
 
 def _quiet_write(stream: Any, text: str) -> None:

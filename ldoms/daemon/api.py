@@ -4,10 +4,12 @@
     GET  /v1/host   name, platform, listen address, pid of the serving ldmd
     POST /v1/ops    a Request -> {"messages": [...]}, or an ErrorBody with a 4xx/5xx status
     POST /v1/migrate  a MigrateBody -> NDJSON lines while the migration runs: {"type": "progress",
-                    "percent": N} ..., then one {"type": "result", "ok", "dry_run", "exit_code", "lines",
-                    "problems", "warnings"} (each problem: code, message, side, resource, observed, required,
-                    remedy, severity).  A refusal before it starts is an ErrorBody.  A client that goes away
-                    (ldm killed) before the result cancels the migration.
+                    "percent": N, "phase", "round", "bytes_sent", "remaining_bytes", "rate_bytes_s",
+                    "expected_downtime_s", "throttle"} ..., then one {"type": "result", "ok", "dry_run",
+                    "exit_code", "lines", "problems", "warnings", "record"} (each problem: code, message,
+                    side, resource, observed, required, remedy, severity).  A refusal before it starts is
+                    an ErrorBody.  A client that goes away (ldm killed) before the result cancels the
+                    migration.
 
 Every error answer is an `ErrorBody` {code, message, exit_code}: ldm prints the message and exits with the
 code.  Garbage never reaches the handlers as an exception: bodies are capped (`MAX_BODY`), unknown fields
@@ -55,6 +57,7 @@ class MigrateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     flags: dict[str, bool | str] = Field(default_factory=dict)
+    props: list[tuple[str, str]] = Field(default_factory=list, max_length=16)  # the live-migration knobs
     operands: list[str] = Field(min_length=2, max_length=2)
     password: str | None = Field(default=None, max_length=4096, repr=False)
     user: str | None = Field(default=None, max_length=64)
@@ -222,7 +225,9 @@ def create_app(host: Host) -> FastAPI:
         from ldoms.daemon.migrate_api import start_migration, stream
 
         flags = {k: v for k, v in body.flags.items() if k != "-p"}  # the password came instead of the file
-        req = OpRequest(verb="migrate-domain", flags=flags, operands=tuple(body.operands))
+        req = OpRequest(
+            verb="migrate-domain", flags=flags, props=tuple(body.props), operands=tuple(body.operands)
+        )
         try:
             run = start_migration(host, req, password=body.password, user=body.user)
         except errors.LdmError as e:

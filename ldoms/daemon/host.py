@@ -23,6 +23,9 @@ Any exception that is not an `LdmError` is a bug: it is logged with its tracebac
 
 The control domain runs no guest process (ldmd itself stands for its OS): its start/stop effects only
 change state.  Readers (`view`) take no lock: the machine is immutable and replaced by one assignment.
+
+Finished migrations (`record_migration`, called by the engines of both directions) are written to the
+store's bounded history under the same lock and kept in memory for `view().history`.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from ldoms.errors import BusyError, LdmError, OpExecError
@@ -40,10 +43,11 @@ from ldoms.hv import proc
 from ldoms.hv.supervisor import GuestSupervisor
 from ldoms.model.domain import Domain, DomainState
 from ldoms.model.machine import Machine
-from ldoms.model.view import HostView
+from ldoms.model.view import HostView, MigrationRecord
 from ldoms.ops import base as ops_base
 from ldoms.ops.base import CancelMigration, Effect, OpContext, OpResult, Request, StartGuest, StopGuest
 from ldoms.store import Store
+from ldoms.store.db import MIGRATION_HISTORY
 
 log = logging.getLogger("ldmd.host")
 
@@ -91,6 +95,20 @@ class Host:
         self._lock = threading.Lock()
         self._samples: dict[str, _Sample] = {}
         self._samples_lock = threading.Lock()
+        self._history: tuple[MigrationRecord, ...] = tuple(
+            r for r in (_record_of(d) for d in store.migrations()) if r is not None
+        )[-MIGRATION_HISTORY:]
+
+    # ------------------------------------------------------------------ finished migrations
+    def record_migration(self, record: MigrationRecord) -> None:
+        """Keep a finished migration in the store's history (the newest MIGRATION_HISTORY)."""
+        with self._lock:
+            self.store.add_migration(asdict(record), keep=MIGRATION_HISTORY)
+            self._history = (*self._history, record)[-MIGRATION_HISTORY:]
+
+    @property
+    def history(self) -> tuple[MigrationRecord, ...]:
+        return self._history
 
     # ------------------------------------------------------------------ changes
     def apply(self, request: Request) -> tuple[str, ...]:
@@ -240,6 +258,7 @@ class Host:
             now=now,
             util=self._utilisation(machine, time.monotonic()),
             migrations=migrations,
+            history=self._history,
         )
 
     def _utilisation(self, machine: Machine, mono: float) -> dict[str, float]:
@@ -294,3 +313,12 @@ def check_migration_locks(old: Machine, new: Machine, ctx: OpContext, verb: str)
 def guest_gone(dom: Domain) -> Domain:
     """The domain after its guest process vanished: bound, no uptime."""
     return replace(dom, state=DomainState.BOUND, started_at=0.0, guest_pid=0, softstate="")
+
+
+def _record_of(doc: dict[str, Any]) -> MigrationRecord | None:
+    """A stored history document as a record (fields of another release ignored; unreadable: None)."""
+    known = {f.name for f in fields(MigrationRecord)}
+    try:
+        return MigrationRecord(**{k: v for k, v in doc.items() if k in known})
+    except TypeError:
+        return None

@@ -7,6 +7,7 @@ and only then bind the control socket, so an `ldm` that connects always meets a 
 Foreground; SIGTERM or SIGINT stop the server cleanly; guests keep running (they are in their own sessions).
 
     ldmd [--home DIR] [--platform P] [--name N] [--listen ADDR:PORT] [--no-incoming-migrations]
+         [--migration-defaults KNOBS]
     ldmd [--home DIR] peer|trust|user|tls ...       administration (ldoms.daemon.admin); no home lock
 """
 
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
         "may omit it.  Sources reach it as `ldmd peer add NAME ADDR:PORT` names it",
     )
     ap.add_argument(
+        "--migration-defaults",
+        metavar="KNOBS",
+        help="the host's live-migration defaults, e.g. 'max-downtime=300ms,bandwidth=1G,auto-converge=on,"
+        "max-time=10m,max-rounds=30' (stored in the home, so later starts may omit it; '' restores the "
+        "built-in defaults); `ldm migrate-domain NAME=VALUE ...` overrides them for one migration",
+    )
+    ap.add_argument(
         "--no-incoming-migrations",
         action="store_true",
         help="refuse every incoming migration (a source gets a clear refusal); outgoing ones still work",
@@ -116,6 +124,10 @@ def open_host(home: Home, args: argparse.Namespace) -> tuple[Store, Machine, str
     try:
         if args.listen is not None:
             parse_listen(args.listen)
+        if getattr(args, "migration_defaults", None):
+            from ldoms.migration.precopy_knobs import parse_knobs
+
+            parse_knobs(args.migration_defaults)  # refused before anything is created or changed
         if not store.has_host():
             return store, *_create(store, home, args)
         rec = store.load()
@@ -135,6 +147,7 @@ def open_host(home: Home, args: argparse.Namespace) -> tuple[Store, Machine, str
                     f"({stored.platform.model}); --platform {args.platform} ({wanted.model}) is a different "
                     "platform: omit --platform or use another home"
                 )
+        _store_migration_defaults(store, args)
         listen = rec.listen
         if args.listen is not None and args.listen != listen:
             store.set_listen(args.listen)
@@ -144,6 +157,22 @@ def open_host(home: Home, args: argparse.Namespace) -> tuple[Store, Machine, str
     except BaseException:
         store.close()
         raise
+
+
+def _store_migration_defaults(store: Store, args: argparse.Namespace) -> None:
+    text = getattr(args, "migration_defaults", None)
+    if text is None:
+        return
+    from ldoms.daemon.migrate import DEFAULTS_SETTING
+    from ldoms.migration.precopy_knobs import format_knobs, parse_knobs
+
+    if not text.strip():
+        store.set_setting(DEFAULTS_SETTING, None)
+        log.info("migration defaults reset to the built-in ones")
+        return
+    policy = parse_knobs(text)  # UsageError names the bad knob
+    store.set_setting(DEFAULTS_SETTING, format_knobs(policy))
+    log.info("migration defaults: %s", format_knobs(policy))
 
 
 def _create(store: Store, home: Home, args: argparse.Namespace) -> tuple[Machine, str]:
@@ -160,6 +189,7 @@ def _create(store: Store, home: Home, args: argparse.Namespace) -> tuple[Machine
     # The host "powers on" now: the control domain's uptime counts from its creation.
     machine = put_domain(machine, replace(ctl, started_at=time.time()))
     store.create_host(machine, listen=listen)
+    _store_migration_defaults(store, args)
     log.info("created host %s on platform %s (%s) at factory default", name, platform.name, platform.model)
     return machine, listen
 
@@ -192,7 +222,7 @@ def serve(
     if recovered != machine:
         store.commit(recovered)
     host = Host(machine=recovered, store=store, guests=guests, listen=listen)
-    policy = MigrationPolicy(hooks=TestHooks.from_env())
+    policy = MigrationPolicy.with_hooks(TestHooks.from_env())
     manager = MigrationManager(
         host, home.path, GuestOps(guests), policy=policy, accept_incoming=accept_incoming
     )

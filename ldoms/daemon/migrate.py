@@ -11,6 +11,13 @@ Theory of operation.
 - `intercept(request)`: verbs the manager answers instead of the operations: `migrate-domain` sent to the
   plain operations route, and `cancel-operation migration` of a domain in the error state, which asks the
   target how the migration ended (`ldoms.daemon.migrate_recovery`).
+- `defaults()`: the host's live-migration knobs (`ldmd --migration-defaults`, kept in the store), which a
+  command's properties override.
+- Finished migrations are recorded in the host's history (`Host.record_migration`).
+- Automatic recovery of the error state: a background loop (`migrate_recovery.auto_recover`) asks the target
+  of every source left in the error state how the migration ended, first `recovery_retry_min_s` after it,
+  then at a doubling interval bounded by `recovery_retry_max_s` while the target does not answer; `ldm
+  cancel-operation migration` still settles it at once.
 Every thread is a daemon thread and `close()` cancels and joins them, so a stopping ldmd never hangs.
 """
 
@@ -27,6 +34,7 @@ from ldoms.migration.engine_source import MigrationRequest, SourceEngine
 from ldoms.migration.engine_target import TargetEngine
 from ldoms.migration.events import Role
 from ldoms.migration.journal import JournalStore
+from ldoms.migration.precopy_knobs import PrecopyPolicy, parse_knobs
 from ldoms.migration.runstate import RunState
 from ldoms.migration.transport import MigrationPolicy
 from ldoms.model.domain import MigrationRole
@@ -41,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ldmd.migration")
 
 CANCELLED_BY_ADMIN = "cancelled by the administrator (ldm cancel-operation migration)"
+DEFAULTS_SETTING = "migration-defaults"
 
 
 class MigrationManager:
@@ -60,12 +69,19 @@ class MigrationManager:
         self.accept_incoming = accept_incoming
         self.journals = JournalStore.in_home(home)
         self.deps = EngineDeps(
-            host=host, home=home, journals=self.journals, guests=guests, policy=self.policy
+            host=host,
+            home=home,
+            journals=self.journals,
+            guests=guests,
+            policy=self.policy,
+            history=getattr(host, "record_migration", None),
         )
         self._runs: dict[tuple[str, Role], RunState] = {}
         self._threads: set[threading.Thread] = set()
         self._lock = threading.Lock()
         self._closing = False
+        self.stopping = threading.Event()  # set by close(): background loops end
+        self.recovery_wake = threading.Event()  # set when a migration left a source in the error state
 
     # ------------------------------------------------------------------ the registry (RunRegistry)
     def add(self, run: RunState) -> None:
@@ -111,6 +127,21 @@ class MigrationManager:
             engine.run()
         finally:
             self.remove(run)
+            dom = self.host.machine.find(engine.name)
+            if dom is not None and dom.migration is MigrationRole.ERROR:
+                self.recovery_wake.set()
+
+    def defaults(self) -> PrecopyPolicy:
+        """The host's live-migration knobs (`ldmd --migration-defaults`), or the built-in ones."""
+        store = getattr(self.host, "store", None)
+        text = store.get_setting(DEFAULTS_SETTING) if store is not None else None
+        if not text:
+            return PrecopyPolicy()
+        try:
+            return parse_knobs(text)
+        except LdmError as e:  # stored by an ldmd that accepted it: a later release may disagree
+            log.error("ignoring the stored migration defaults '%s': %s", text, e.message)
+            return PrecopyPolicy()
 
     def cancel(self, name: str, reason: str = CANCELLED_BY_ADMIN) -> RunState | None:
         run = self.run_of(name)
@@ -170,13 +201,17 @@ class MigrationManager:
 
     # ------------------------------------------------------------------ start and stop
     def recover(self) -> None:
-        """Apply the decision of every migration an earlier ldmd left unsettled (after a crash)."""
-        from ldoms.daemon.migrate_recovery import recover_after_start
+        """Apply the decision of every migration an earlier ldmd left unsettled (after a crash), then settle
+        sources in the error state in the background as their targets answer."""
+        from ldoms.daemon.migrate_recovery import auto_recover, recover_after_start
 
         recover_after_start(self)
+        self._spawn(auto_recover, "migration-auto-recovery", self)
 
     def close(self, timeout: float = 10.0) -> None:
         self._closing = True
+        self.stopping.set()
+        self.recovery_wake.set()
         with self._lock:
             runs = [r for (_, role), r in self._runs.items() if role is Role.SOURCE]
             threads = list(self._threads)

@@ -1,6 +1,7 @@
 """`POST /v1/migrate`: starting an outgoing migration from the API and streaming it as NDJSON.
 
-The request carries the verb's flags and operands as ldm parsed them (checked again here with the verb's own
+The request carries the verb's flags, properties (the live-migration knobs, applied over the host's
+defaults) and operands as ldm parsed them (checked again here with the verb's own
 grammar, `ldoms.ops.migrate`), the password ldm read (prompt or `-p FILE`; never the file name: ldmd reads no
 admin file), and the invoking user for a target without `user@`.  The stream is one JSON object per line:
 progress while the migration runs, then its result.  The migration belongs to the client that started it
@@ -20,6 +21,7 @@ from typing import Any
 from ldoms.daemon.host import Host
 from ldoms.errors import LdmError, UsageError
 from ldoms.migration.engine_source import MigrationRequest
+from ldoms.migration.precopy_knobs import parse_knobs
 from ldoms.migration.runstate import RunState
 from ldoms.ops.base import Request
 from ldoms.ops.migrate import USAGE, migrate_args
@@ -56,6 +58,7 @@ def start_migration(host: Host, request: Request, *, password: str | None, user:
         certificate=args.certificate,
         dry_run=args.dry_run,
         force=args.force,
+        precopy=parse_knobs(args.knobs, base=host.migrations.defaults()),
     )
     return host.migrations.start(req)
 

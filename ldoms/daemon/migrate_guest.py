@@ -8,7 +8,11 @@ incoming start, destruction.  One small class, so engine tests can substitute it
   target's guest restores (`GuestSupervisor.start(..., incoming_state=state)`);
 - `start_incoming(dom, image, state)`: the staging image becomes the guest's memory file (`NAME.mem`, a
   rename in the same home), then the guest starts from it and restores the state;
-- `destroy(name)`: the guest stops (a suspended guest still serves signals) and its files go.
+- `destroy(name)`: the guest stops (a suspended guest still serves signals) and its files go;
+- live migration: `dirty_path` (the dirty map the source engine snapshots), `throttle` (auto-converge),
+  `status` (the guest's measured dirty rate), `start_standby(dom)` (the target's guest maps the image being
+  received and waits suspended) and `restore(name, state)` (it takes the state and runs; the answer is the
+  downtime the guest measured), `pid`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ldoms.model.domain import Domain
 log = logging.getLogger("ldmd.migration.guest")
 
 SUSPEND_TIMEOUT_S = 10.0  # a step is well under a millisecond; the guest may be busy starting up
+RESTORE_TIMEOUT_S = 10.0  # a standby guest answers at once; a loaded machine may delay it
 
 
 class GuestOps:
@@ -72,3 +77,35 @@ class GuestOps:
 
     def destroy(self, name: str) -> None:
         self.guests.stop(name)
+
+    # ------------------------------------------------------------------ live migration
+    def dirty_path(self, name: str) -> Path:
+        return self.guests.files(name).dirty
+
+    def throttle(self, name: str, percent: int) -> None:
+        self.guests.control(name).throttle(percent)
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.guests.control(name).status()
+
+    def start_standby(self, dom: Domain) -> PidRecord:
+        return self.guests.start(dom, standby=True)
+
+    def restore(self, name: str, cpu_state: bytes) -> float | None:
+        try:
+            state: Any = json.loads(cpu_state)
+        except ValueError as e:
+            raise OpExecError(f"the vCPU state of LDom {name} is not readable: {e}") from None
+        if not isinstance(state, dict):
+            raise OpExecError(f"the vCPU state of LDom {name} is not an object")
+        answer = self.guests.control(name).restore(state, timeout=RESTORE_TIMEOUT_S)
+        downtime = answer.get("downtime")
+        if isinstance(downtime, bool) or not isinstance(downtime, int | float):
+            return None
+        return float(downtime)
+
+    def pid(self, name: str) -> int:
+        rec = self.guests.find(name)
+        if rec is None:
+            raise OpExecError(f"the guest of LDom {name} is not running")
+        return rec.pid

@@ -10,11 +10,19 @@ again and resumes.  A target that cannot be reached leaves the error state as it
 decides between one copy and two.  (Without a journal here at all, e.g. removed by hand, the admin is taken
 to have checked the target, as SPEC 4.3's manual procedure says, and this copy resumes.)
 
+Automatically.  `auto_recover` (a thread of the migration manager) does what `cancel-operation` does for
+every source in the error state, without the admin: it waits `recovery_retry_min_s`, asks, and while the
+target does not answer asks again at a doubling interval bounded by `recovery_retry_max_s`; a migration
+that ends in the error state wakes it.  The test hook point `source:auto-recovery` can hold it back.
+
+A copy that resumes gets back what the migration took: the strands of the 1.2 shrink (recorded in the
+source's journal) and its full CPU time (the throttle is lifted).
+
 Crashes.  Each side's journal says what to do (`Journal.recovery()`).  `recover_before_guests` runs before
 ldmd's guest recovery (which kills unknown guests and removes their files): an incoming guest that was
-already started is recorded as active, so it is re-attached, and an incoming image that had been moved into
-the guests directory goes back to the staging area.  `recover_after_start` then applies every unsettled
-decision and clears migration flags no journal explains.
+already started is recorded as active, so it is re-attached; a standby guest that never got its state is
+stopped, and an incoming image in the guests directory goes back to the staging area, to be started from.
+`recover_after_start` then applies every unsettled decision and clears migration flags no journal explains.
 """
 
 from __future__ import annotations
@@ -39,7 +47,9 @@ from ldoms.migration.events import (
     Role,
 )
 from ldoms.migration.journal import JournalRecord, JournalStore
+from ldoms.migration.live_target import image_survives
 from ldoms.migration.protocol import MigrationConnection
+from ldoms.migration.source_plane import unshrunk
 from ldoms.migration.transport import ControlChannel
 from ldoms.migration.wire import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 from ldoms.model.domain import DomainState, MigrationRole
@@ -146,7 +156,7 @@ def resolve_error(manager: MigrationManager, name: str) -> tuple[str, ...]:
                 f"LDom {name} runs on {peer}: its migration had completed, so the copy on this host was "
                 "removed",
             )
-        _resume_copy(manager, name)
+        _resume_copy(manager, name, rec)
         _settle(manager, rec, Decision.KEEP_SOURCE)
         return (f"Migration of LDom {name} cancelled: {peer} did not keep it; this copy is the master again",)
     finally:
@@ -172,19 +182,23 @@ def _destroy_copy(manager: MigrationManager, name: str) -> None:
     manager.host.change(lambda m: replace(drop_domain(m, name), spconfig_modified=True))
 
 
-def _resume_copy(manager: MigrationManager, name: str) -> None:
+def _resume_copy(manager: MigrationManager, name: str, rec: JournalRecord | None = None) -> None:
     dom = manager.host.machine.find(name)
     if dom is None:
         return
     if dom.state is DomainState.ACTIVE and manager.guests.running(name):
-        try:
-            manager.guests.resume(name)
-        except LdmError as e:  # not suspended (an earlier attempt resumed it) is no reason to stay in error
-            log.warning("resuming the guest of LDom %s: %s", name, e)
+        for step, what in ((lambda: manager.guests.throttle(name, 0), "unthrottling"),
+                           (lambda: manager.guests.resume(name), "resuming")):  # fmt: skip
+            try:
+                step()
+            except LdmError as e:  # not suspended (an earlier attempt resumed it): no reason to stay in error
+                log.warning("%s the guest of LDom %s: %s", what, name, e)
+    shrunk = rec.extra.get("shrunk_from") if rec is not None else None
+    strands = tuple(int(x) for x in shrunk) if isinstance(shrunk, list) else ()
 
     def clear(m: Machine) -> Machine:
         d = m.find(name)
-        return m if d is None else put_domain(m, replace(d, migration=MigrationRole.NONE))
+        return m if d is None else put_domain(m, replace(unshrunk(d, strands), migration=MigrationRole.NONE))
 
     manager.host.change(clear)
 
@@ -194,13 +208,18 @@ def recover_before_guests(machine: Machine, journals: JournalStore, guests: Gues
     """Keep incoming guests and images safe from the guest recovery that follows (see the docstring)."""
     for rec in journals.all():
         j = rec.journal
-        if rec.settled or j.role is not Role.TARGET or j.recovery() is not Decision.KEEP_TARGET:
+        if rec.settled or j.role is not Role.TARGET or _decision(rec) is not Decision.KEEP_TARGET:
             continue
+        if not image_survives(rec.extra.get("boot_id")):
+            continue  # the guest died with the host: the guest recovery reports the domain bound
         dom = machine.find(j.target_domain)
         if dom is None or dom.migration is not MigrationRole.TARGET:
             continue
         try:
             pid = guests.find(dom.name)
+            if pid is not None and _standby(guests, dom.name):
+                guests.kill(pid)  # it never got its state: the image is started from afresh below
+                pid = None
             if pid is not None:
                 machine = put_domain(machine, replace(dom, state=DomainState.ACTIVE, guest_pid=pid.pid))
                 continue
@@ -215,6 +234,67 @@ def recover_before_guests(machine: Machine, journals: JournalStore, guests: Gues
     return machine
 
 
+def _standby(guests: GuestSupervisor, name: str) -> bool:
+    """Whether the guest of `name` is an incoming guest still waiting for its state."""
+    from ldoms.hv.control import GuestControlError
+
+    try:
+        return bool(guests.control(name).status().get("standby"))
+    except GuestControlError:
+        return False
+
+
+# ------------------------------------------------------------------------------------ automatic recovery
+def auto_recover(manager: MigrationManager) -> None:
+    """Settle every source in the error state as soon as its target answers (see the module docstring)."""
+    policy = manager.policy
+    delay = policy.recovery_retry_min_s
+    while not manager.stopping.is_set():
+        errored = [
+            d.name
+            for d in manager.host.machine.domains
+            if d.migration is MigrationRole.ERROR and d.name not in manager.host.migrating
+        ]
+        if not errored:
+            manager.recovery_wake.wait(policy.recovery_retry_max_s)
+            manager.recovery_wake.clear()
+            delay = policy.recovery_retry_min_s
+            continue
+        if manager.stopping.wait(delay):
+            return
+        policy.hooks.at("source:auto-recovery", manager.stopping)
+        answered = True
+        for name in errored:
+            if manager.stopping.is_set():
+                return
+            try:
+                for line in resolve_error(manager, name):
+                    log.info("automatic recovery: %s", line)
+            except LdmError as e:
+                answered = False
+                log.warning("automatic recovery of LDom %s: %s (asking again in %g s)", name, e.message,
+                            min(delay * 2, policy.recovery_retry_max_s))  # fmt: skip
+            except Exception:
+                answered = False
+                log.exception("automatic recovery of LDom %s failed on a bug", name)
+        delay = policy.recovery_retry_min_s if answered else min(delay * 2, policy.recovery_retry_max_s)
+
+
+def _decision(rec: JournalRecord) -> Decision:
+    """What the journal says to do; an incoming image held in memory does not survive a reboot."""
+    decision = rec.journal.recovery()
+    if decision is not Decision.KEEP_TARGET or rec.settled or image_survives(rec.extra.get("boot_id")):
+        return decision
+    if rec.extra.get("resumed"):  # it ran here and the source is gone: keep the domain (its guest died)
+        return decision
+    log.warning(
+        "migration %s: the complete image of LDom %s was received before this host restarted; it was held "
+        "in memory and is lost: the target discards it (the source keeps its copy)",
+        rec.journal.migration_id, rec.journal.target_domain,
+    )  # fmt: skip
+    return Decision.DISCARD_TARGET
+
+
 def recover_after_start(manager: MigrationManager) -> None:
     journals, host = manager.journals, manager.host
     explained: set[str] = set()
@@ -225,7 +305,7 @@ def recover_after_start(manager: MigrationManager) -> None:
             if j.decision is Decision.SOURCE_ERROR:
                 explained.add(name)
             continue
-        decision = j.recovery()
+        decision = _decision(rec)
         explained.add(name)
         log.warning(
             "migration %s (%s of LDom %s) was interrupted in phase %s: %s",
@@ -251,7 +331,7 @@ def _recover_one(manager: MigrationManager, rec: JournalRecord, decision: Decisi
     dom = host.machine.find(name)
     if decision is Decision.KEEP_SOURCE:
         if dom is not None and dom.migration is MigrationRole.SOURCE:
-            _resume_copy(manager, name)
+            _resume_copy(manager, name, rec)
     elif decision is Decision.SOURCE_ERROR:
         if dom is not None:
             host.change(lambda m: put_domain(m, replace(dom, migration=MigrationRole.ERROR)))
@@ -265,7 +345,8 @@ def _recover_one(manager: MigrationManager, rec: JournalRecord, decision: Decisi
             host.change(lambda m: drop_domain(m, name))
         journals.image_path(j.migration_id).unlink(missing_ok=True)
     elif decision is Decision.KEEP_TARGET and dom is not None and dom.migration is MigrationRole.TARGET:
-        if j.mode is not None and j.mode.value == "active" and dom.state is not DomainState.ACTIVE:
+        whole = image_survives(rec.extra.get("boot_id"))
+        if j.mode is not None and j.mode.value == "active" and dom.state is not DomainState.ACTIVE and whole:
             state = str(rec.extra.get("cpu_state", "")).encode()
             rec_pid = manager.guests.start_incoming(dom, journals.image_path(j.migration_id), state)
             dom = replace(dom, state=DomainState.ACTIVE, guest_pid=rec_pid.pid)

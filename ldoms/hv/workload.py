@@ -2,14 +2,19 @@
 
 The variables (`ldm set-variable NAME=VALUE ldg1`; read when the guest starts; guests ignore the rest):
 
-    ldoms-workload=idle|dirty|ledger   what the guest runs (default idle: it touches nothing)
+    ldoms-workload=idle|dirty|ledger|fill-random   what the guest runs (default idle: it touches nothing)
     ldoms-dirty-rate=SIZE              bytes written per second: `256M`, `1G`, `0` (dirty: default 256M;
-                                       ledger: default 40M, i.e. 1024 steps/s of 40 KiB)
+                                       ledger: default 40M, i.e. 1024 steps/s of 40 KiB; fill-random: as
+                                       fast as it can unless given)
     ldoms-working-set=SIZE             dirty: the first SIZE bytes of memory are written over and over, page
-                                       after page (default 512M; at most the domain's memory)
+                                       after page; fill-random: the first SIZE bytes are written once
+                                       (default 512M; at most the domain's memory)
     ldoms-seed=N                       ledger: the seed every byte derives from (default 1; 0..2**64-1)
 
 e.g. `ldm set-variable ldoms-workload=dirty ldoms-dirty-rate=512M ldoms-working-set=1G ldg1`.
+
+`fill-random` fills its working set with fresh random data once, then idles: an idle guest whose memory
+has no zero page and does not compress (benchmarks; `status()` says when it is `done`).
 
 The guest loop calls `step()` when the previous step asked for it.  A step is small (well under 1 ms of work:
 suspend waits for at most one step) and returns the interval from its start to the next step's start, or
@@ -45,6 +50,7 @@ DEFAULT_WORKING_SET = 512 * M
 DEFAULT_SEED = 1
 TARGET_STEP_S = 0.005  # a dirty step writes what 5 ms of its rate asks for ...
 MAX_PAGES_PER_STEP = 128  # ... but at most 1 MiB, so a step stays well under a millisecond
+FILL_PAGES_PER_STEP = 32  # fill-random: 256 KiB of fresh random data a step (random bytes cost ~0.1 ms/MiB)
 
 
 class Workload(Protocol):
@@ -199,6 +205,64 @@ class DirtyWorkload:
         self._pages = None
 
 
+class FillRandomWorkload:
+    """Writes fresh random data over the first `working_set` bytes once, page after page, then idles.
+
+    `FILL_PAGES_PER_STEP` pages a step keeps a step well under a millisecond; without a rate the steps follow
+    each other at once.  Its state is how far it got, so a migrated guest neither refills nor starts over."""
+
+    name = "fill-random"
+
+    def __init__(self, memory: GuestMemory, dirty: DirtyMap, *, working_set: int, rate: int | None) -> None:
+        self.dirty = dirty
+        self.fill_pages = max(1, min(working_set // PAGE_SIZE, memory.npages))
+        self.per_step = min(FILL_PAGES_PER_STEP, self.fill_pages)
+        self.period = self.per_step * PAGE_SIZE / rate if rate else 0.0
+        self._rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+        self._pages: np.ndarray | None = memory.pages()
+        self.cursor = 0  # the next page to fill
+        self.steps = 0
+        self.dirtied_bytes = 0
+
+    @property
+    def done(self) -> bool:
+        return self.cursor >= self.fill_pages
+
+    def step(self) -> float | None:
+        assert self._pages is not None, "the fill-random workload was closed"
+        if self.done:
+            return None
+        n = min(self.per_step, self.fill_pages - self.cursor)
+        block = np.frombuffer(self._rng.bytes(n * PAGE_SIZE), dtype=np.uint8).reshape(n, PAGE_SIZE)
+        self._pages[self.cursor : self.cursor + n] = block
+        self.dirty.mark(np.arange(self.cursor, self.cursor + n, dtype=np.int64))  # after the write
+        self.cursor += n
+        self.steps += 1
+        self.dirtied_bytes += n * PAGE_SIZE
+        return None if self.done else self.period
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "fill_bytes": self.fill_pages * PAGE_SIZE,
+            "filled_bytes": self.cursor * PAGE_SIZE,
+            "done": self.done,
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {"cursor": self.cursor, "steps": self.steps}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for key in ("cursor", "steps"):
+            value = state.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"the fill-random workload state holds no valid {key}: {value!r}")
+        self.cursor = min(state["cursor"], self.fill_pages)  # the target may clamp the working set
+        self.steps = state["steps"]
+
+    def close(self) -> None:
+        self._pages = None
+
+
 WorkloadFactory = Callable[[WorkloadConfig, GuestMemory, DirtyMap], Workload]
 
 WORKLOADS: dict[str, WorkloadFactory] = {
@@ -211,6 +275,9 @@ WORKLOADS: dict[str, WorkloadFactory] = {
     ),
     "ledger": lambda cfg, memory, dirty: LedgerWorkload(
         memory, dirty, seed=cfg.seed, rate=DEFAULT_LEDGER_RATE if cfg.rate is None else cfg.rate
+    ),
+    "fill-random": lambda cfg, memory, dirty: FillRandomWorkload(
+        memory, dirty, working_set=cfg.working_set, rate=cfg.rate
     ),
 }
 

@@ -459,6 +459,11 @@ class DataPlaneReceiver(_Plane):
         elif kind == "goodbye":
             self._goodbyes.add(lane.channel)
 
+    @property
+    def goodbyes_received(self) -> bool:
+        """Every channel has said goodbye: the sender closed the plane cleanly."""
+        return len(self._goodbyes) == self.nchannels
+
     def receive_round(self, round_no: int, timeout: float | None = None) -> RoundStats:
         """Wait until every channel has delivered round `round_no` (its end-of-round marker authenticated
         and every page applied).  `seconds` runs from the round's first frame on any channel to its last

@@ -13,10 +13,12 @@ domain leaves the source, arrives on the target) mark it modified (SPEC 7.19).
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ldoms.checks.facts import GuestConditions, GuestProfile
 from ldoms.checks.failure import CheckFailure
@@ -25,6 +27,9 @@ from ldoms.migration.journal import JournalStore
 from ldoms.migration.transport import MigrationPolicy
 from ldoms.model.domain import Domain
 from ldoms.model.machine import Machine
+from ldoms.model.view import MigrationRecord
+
+log = logging.getLogger("ldmd.migration")
 
 LDM_VERSION = "1.2"
 
@@ -51,6 +56,19 @@ class GuestLike(Protocol):
 
     def destroy(self, name: str) -> None: ...
 
+    # live migration (issue 4)
+    def dirty_path(self, name: str) -> Path: ...
+
+    def throttle(self, name: str, percent: int) -> None: ...
+
+    def status(self, name: str) -> dict[str, Any]: ...
+
+    def start_standby(self, dom: Domain) -> PidRecord: ...
+
+    def restore(self, name: str, cpu_state: bytes) -> float | None: ...
+
+    def pid(self, name: str) -> int: ...
+
 
 @dataclass(frozen=True, slots=True)
 class EngineDeps:
@@ -59,6 +77,15 @@ class EngineDeps:
     journals: JournalStore
     guests: GuestLike
     policy: MigrationPolicy
+    history: Callable[[MigrationRecord], None] | None = None  # where finished migrations are recorded
+
+    def remember(self, record: MigrationRecord) -> None:
+        if self.history is None:
+            return
+        try:
+            self.history(record)
+        except Exception:  # the record is a report: losing it must not change the migration's outcome
+            log.exception("recording migration %s failed", record.id)
 
 
 def put_domain(machine: Machine, dom: Domain) -> Machine:
@@ -87,3 +114,39 @@ def finding(f: CheckFailure) -> dict[str, str]:
         "remedy": f.remedy,
         "severity": str(f.severity),
     }
+
+
+def make_record(
+    *,
+    migration_id: str,
+    domain: str,
+    role: str,
+    peer: str,
+    kind: str,
+    started_at: float,
+    outcome: str,
+    reason: str = "",
+    downtime_s: float = 0.0,
+    bytes_sent: int = 0,
+    memory_bytes: int = 0,
+    rounds: int = 0,
+    channels: int = 0,
+    ended_at: float | None = None,
+) -> MigrationRecord:
+    """A finished migration as this host saw it (the reason kept to one line)."""
+    return MigrationRecord(
+        id=migration_id,
+        domain=domain,
+        role=role,
+        peer=peer,
+        kind=kind,
+        started_at=started_at,
+        ended_at=time.time() if ended_at is None else ended_at,
+        outcome=outcome,
+        reason=" ".join(reason.split())[:1000],
+        downtime_s=max(0.0, float(downtime_s)),
+        bytes_sent=bytes_sent,
+        memory_bytes=memory_bytes,
+        rounds=rounds,
+        channels=channels,
+    )

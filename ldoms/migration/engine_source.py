@@ -9,16 +9,25 @@ domain, already migrating) is one immediate error; `run()` then does the rest in
    already failed, asks for a dry-run check so every problem of both sides is reported and nothing is
    reserved;
 4. Prepare / PrepareAck: the target's shell exists;
-5. active domains only: the transfer step (`ldoms.migration.transfer`, 1.2 stop-and-copy), then FinalState;
-6. CommitRequest; Resumed; the source copy is destroyed (the domain leaves this host in one commit);
-   HandoffDone.
+   Active domains offer a data plane in Prepare (`source_plane.make_offer`: secret, channels, data ranges)
+   and open its channels to the port PrepareAck names;
+5. active domains only: the transfer step, then FinalState.  `live_source.LiveTransfer` runs live pre-copy
+   for guests the checks' rules allow (`live_plan.transfer_kind`), and the 1.2 way (shrunk to one strand,
+   suspended for the whole copy) for the others; both over the data plane.  A target that answers without a
+   data plane gets the issue-3 `StopAndCopy` on the control link;
+6. CommitRequest; Resumed (with the downtime the target's guest measured); the source copy is destroyed
+   (the domain leaves this host in one commit); HandoffDone.
 
 The journal is saved before every send (ControlChannel).  Whatever ends the conversation, the decision is
 `conn.outcome()` (protocol's hand-off fence): KEEP_SOURCE (resume the guest if suspended, clear flag `s`),
 SOURCE_ERROR (the complete domain was handed over and no Resumed came: keep the suspended copy with flag `e`
 for `ldm cancel-operation migration`), DESTROY_SOURCE (the target runs it: remove this copy).  A cancel
 (`ldm cancel-operation migration`, or the `ldm` client going away) is honoured at the next step while the
-source may still abort; after the fence it is too late and the hand-off completes.
+source may still abort; after the fence it is too late and the hand-off completes.  A cancel also stops
+what the engine waits on at once: the data plane is aborted (`RunState.on_cancel`) and a blocked read of the
+control link is interrupted (`ControlChannel.interrupt`), under the same lock as the FinalState send, so a
+cancel either wins before the fence or does nothing.  Whatever the end, throttling is lifted, a shrunk
+domain gets its strands back, and a `MigrationRecord` goes to the host's history and into the result.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -42,26 +53,26 @@ from ldoms.migration.events import (
     Auth,
     AuthMethod,
     AuthResult,
-    Cancel,
     CheckResult,
     CommitRequest,
     Decision,
     Event,
-    FinalState,
-    Finding,
     HandoffDone,
     Hello,
     MigrationMode,
     Prepare,
     PrepareAck,
-    Progress,
-    RemoteProtocolError,
     Resumed,
     Role,
 )
-from ldoms.migration.protocol import MigrationConnection
+from ldoms.migration.live_plan import TransferKind, transfer_kind
+from ldoms.migration.precopy import PrecopyPolicy
+from ldoms.migration.protocol import SOURCE_MAY_ABORT, MigrationConnection
 from ldoms.migration.runstate import Outcome, RunState
-from ldoms.migration.transfer import SourceTransferContext, StopAndCopy, Transfer, UnexpectedEvent
+from ldoms.migration.source_end import Cancelled, Refused, SourceEnd, reason_of
+from ldoms.migration.source_plane import make_offer
+from ldoms.migration.source_transfer import SourceTransfer
+from ldoms.migration.transfer import Transfer, UnexpectedEvent
 from ldoms.migration.transport import ControlChannel
 from ldoms.migration.wire import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 from ldoms.model.domain import DomainState, MigrationRole
@@ -82,22 +93,10 @@ class MigrationRequest:
     certificate: bool = False
     dry_run: bool = False
     force: bool = False
+    precopy: PrecopyPolicy | None = None  # the knobs (host defaults with the command's properties applied)
 
 
-class Cancelled(LdmError):
-    code = "cancelled"
-
-
-class Refused(LdmError):
-    """The target said no (Abort, failed checks, refused credentials): `lines` are its reasons."""
-
-    def __init__(self, lines: list[str], *, exit_code: int = 1, code: str = "refused") -> None:
-        super().__init__("; ".join(lines), code=code)
-        self.lines = lines
-        self.exit_code = exit_code
-
-
-def remote_finding(f: Finding, severity: str) -> dict[str, str]:
+def remote_finding(f: Any, severity: str) -> dict[str, str]:
     return {
         "code": f.code,
         "message": f.message,
@@ -120,22 +119,28 @@ def platform_facts(machine: Machine) -> dict[str, Any]:
     }
 
 
-class SourceEngine:
+class SourceEngine(SourceTransfer, SourceEnd):
     def __init__(
         self, deps: EngineDeps, request: MigrationRequest, run: RunState, *, transfer: Transfer | None = None
     ) -> None:
         self.deps = deps
         self.req = request
         self.run_state = run
-        self.transfer = transfer or StopAndCopy()
+        self.transfer: Transfer | None = transfer
         self.facts: SourceFacts | None = None
+        self.kind = TransferKind.STOP_AND_COPY
         self.claimed = False
         self.suspended = False
+        self.throttled = False
+        self.shrunk_from: tuple[int, ...] = ()  # the strands before the 1.2 shrink (restored on failure)
         self.destroyed = False
         self.conn: MigrationConnection | None = None
         self.chan: ControlChannel | None = None
         self.token = secrets.token_urlsafe(32)
         self.migration_id = uuid.uuid4().hex
+        self.started_at = time.time()
+        self.stats: dict[str, Any] = {}  # rounds, channels, bytes_sent, downtime_s (the record's figures)
+        self._fence = threading.Lock()  # a cancel's interrupt and the FinalState send exclude each other
 
     @property
     def name(self) -> str:
@@ -186,6 +191,9 @@ class SourceEngine:
                 host.migrating.pop(req.source, None)
             raise
         self.claimed = True
+        assert self.facts is not None
+        self.kind = transfer_kind(self.facts)
+        self.run_state.on_cancel(self._on_cancel)
 
     # ------------------------------------------------------------------ the migration (its own thread)
     def run(self) -> Outcome:
@@ -200,7 +208,11 @@ class SourceEngine:
                 log.exception("undoing the failed migration of LDom %s failed", self.name)
                 outcome = Outcome(
                     ok=False,
-                    lines=(_reason(e), f"Undoing the migration failed too: {_reason(again)}", self.trailer),
+                    lines=(
+                        reason_of(e),
+                        f"Undoing the migration failed too: {reason_of(again)}",
+                        self.trailer,
+                    ),
                     exit_code=1,
                 )
         finally:
@@ -208,12 +220,15 @@ class SourceEngine:
                 if self.claimed:
                     self._release()
             finally:
+                outcome = self._with_record(outcome)
                 self.run_state.finish(outcome)
         return outcome
 
     def _run(self, facts: SourceFacts) -> Outcome:
         report = run_source_checks(facts)
-        self.run_state.set_progress(1)
+        self.run_state.set_progress(1, "checks")
+        self.deps.policy.hooks.at("source:checks", self.run_state.cancelled)
+        self._checkpoint()
         dry = self.req.dry_run or not report.ok
         self._connect()
         self.run_state.set_progress(3)
@@ -236,24 +251,42 @@ class SourceEngine:
                 problems=tuple(problems),
                 warnings=tuple(warnings),
             )
-        self.run_state.set_progress(5)
+        self.run_state.set_progress(5, "prepare")
         mode = mode_of(facts.state)
         self._checkpoint()
-        self._send(Prepare(target_domain=self.req.target_ldom))
-        self._expect(PrepareAck)
+        secret, offer = b"", {}
+        if mode is MigrationMode.ACTIVE:
+            secret, offer = make_offer(
+                self.deps.host.machine,
+                str(self.deps.guests.memory_path(self.name)),
+                self._memory_bytes(),
+                self.kind,
+            )
+        self._send(Prepare(target_domain=self.req.target_ldom, data_plane=offer))
+        ack = self._expect(PrepareAck)
+        assert isinstance(ack, PrepareAck)
         self.deps.policy.hooks.at("source:transfer", self.run_state.cancelled)
         self._checkpoint()
         if mode is MigrationMode.ACTIVE:
-            self._transfer(facts)
+            self._transfer(facts, secret, dict(ack.data_plane))
+        self.run_state.set_progress(97, "handoff")
         self._send(CommitRequest(mode=mode))
-        self._expect(Resumed)
+        resumed = self._expect(Resumed)
+        assert isinstance(resumed, Resumed)
+        downtime = resumed.measured.get("downtime_s")
+        if isinstance(downtime, int | float):
+            self.stats["downtime_s"] = float(downtime)
         self.run_state.set_progress(99)
         self._destroy_source()
         assert self.chan is not None
         self.chan.try_send(HandoffDone())
         self._close()
         self.run_state.set_progress(100)
-        log.info("migration of LDom %s to %s done", self.name, self.req.target_host)
+        log.info(
+            "migration of LDom %s to %s done: %s rounds, %s channels, %s bytes sent, downtime %s s",
+            self.name, self.req.target_host, self.stats.get("rounds", 0), self.stats.get("channels", 0),
+            self.stats.get("bytes_sent", 0), self.stats.get("downtime_s", "?"),
+        )  # fmt: skip
         return Outcome(ok=True, warnings=tuple(warnings))
 
     # ------------------------------------------------------------------ steps
@@ -277,8 +310,11 @@ class SourceEngine:
                 "target": self.req.target_host,
                 "token": self.token,
                 "certificate": self.req.certificate,
+                "shrunk_from": list(self.shrunk_from),
             },
         )
+        if self.run_state.cancelled.is_set():
+            self.chan.interrupt(self.run_state.cancel_reason or "cancelled")
         machine = self.deps.host.machine
         self._send(
             Hello(
@@ -309,45 +345,17 @@ class SourceEngine:
                 facts,
                 target_domain=self.req.target_ldom,
                 dry_run=dry,
-                extra={"token_sha256": digest, "force": self.req.force},
+                extra={"token_sha256": digest, "force": self.req.force, "transfer": self.kind.value},
             )
         )
         result = self._expect(CheckResult)
         assert isinstance(result, CheckResult)
         return result
 
-    def _transfer(self, facts: SourceFacts) -> None:
-        dom = facts.domain
-        assert dom.bindings is not None and self.chan is not None
-        ctx = SourceTransferContext(
-            channel=self.chan,
-            memory_path=self.deps.guests.memory_path(self.name),
-            blocks=tuple((b.ra, b.size) for b in dom.bindings.mblocks),
-            suspend=self._suspend,
-            progress=self._transfer_progress,
-            check_cancel=self._checkpoint,
-            batch_bytes=self.deps.policy.batch_bytes,
-        )
-        result = self.transfer.run(ctx)
-        self.deps.policy.hooks.at("source:final-state", self.run_state.cancelled)
-        self._checkpoint()  # the last moment the source may still abort
-        self._send(
-            FinalState(cpu_state=result.cpu_state, checksum=result.checksum, algorithm=result.algorithm)
-        )
-        self.run_state.set_progress(97)
-
-    def _suspend(self) -> bytes:
-        state = self.deps.guests.suspend(self.name)
-        self.suspended = True
-        self.run_state.suspended = True
-        return state
-
-    def _transfer_progress(self, done: int, total: int) -> None:
-        percent = 5 + (90 * done) // max(total, 1)
-        if self.run_state.set_progress(percent) and self.chan is not None and self.conn is not None:
-            ev = Progress(percent=self.run_state.progress)
-            if self.conn.can_send(ev):
-                self._send(ev)
+    def _memory_bytes(self) -> int:
+        assert self.facts is not None
+        b = self.facts.domain.bindings
+        return b.memory if b is not None else 0
 
     def _destroy_source(self) -> None:
         """The target runs (or holds) the domain: remove this copy, in one commit."""
@@ -369,6 +377,14 @@ class SourceEngine:
         self.destroyed = True
         self._settle(Decision.DESTROY_SOURCE)
 
+    # ------------------------------------------------------------------ cancel
+    def _on_cancel(self) -> None:
+        """From the cancelling thread: stop waiting for the target, unless the domain was handed over."""
+        with self._fence:
+            conn, chan = self.conn, self.chan
+            if conn is not None and chan is not None and conn.phase in SOURCE_MAY_ABORT:
+                chan.interrupt(self.run_state.cancel_reason or "cancelled")
+
     # ------------------------------------------------------------------ plumbing
     def _send(self, event: Event) -> None:
         assert self.chan is not None
@@ -383,6 +399,18 @@ class SourceEngine:
             raise Refused([ev.reason], code=ev.code)
         raise UnexpectedEvent(ev, cls.__name__)
 
+    def _abort_reason(self) -> None:
+        """After the data plane broke: if the target aborted meanwhile, raise its reason (Refused)."""
+        chan = self.chan
+        if chan is None or chan.conn.phase not in SOURCE_MAY_ABORT:
+            return
+        try:
+            ev = chan.receive(timeout=self.deps.policy.farewell_drain_s)
+        except LdmError:
+            return
+        if isinstance(ev, Abort):
+            raise Refused([ev.reason], code=ev.code)
+
     def _checkpoint(self) -> None:
         if self.run_state.cancelled.is_set():
             raise Cancelled(self.run_state.cancel_reason or "cancelled by the administrator")
@@ -390,97 +418,6 @@ class SourceEngine:
     def _close(self) -> None:
         if self.chan is not None:
             self.chan.close()
-
-    def _settle(self, decision: Decision) -> None:
-        if self.conn is None or self.conn.migration_id is None or self.req.dry_run:
-            return
-        try:
-            self.deps.journals.settle(self.conn.journal(), decision)
-            self.deps.journals.prune()
-        except LdmError as e:
-            log.error("recording the end of the migration of LDom %s failed: %s", self.name, e)
-
-    def _release(self) -> None:
-        """Give the domain back to ordinary operations (it stays, as it was or in the error state)."""
-
-        def release(m: Machine) -> Machine:
-            self.deps.host.migrating.pop(self.name, None)
-            return m
-
-        self.deps.host.change(release)
-        self.claimed = False
-
-    def _keep_source(self) -> None:
-        """Nothing left this host: the domain is as it was (flag `s` cleared)."""
-        if not self.req.dry_run:
-            self._mark(MigrationRole.NONE)
-        self._settle(Decision.KEEP_SOURCE)
-
-    # ------------------------------------------------------------------ failure: decide, apply, report
-    def _fail(self, exc: BaseException) -> Outcome:
-        conn, chan = self.conn, self.chan
-        if isinstance(exc, Cancelled) and chan is not None and conn is not None:
-            chan.try_send(Cancel(reason=str(exc)[:4000]))
-        elif chan is not None and conn is not None and not isinstance(exc, Refused):
-            chan.try_send(Abort(reason=_reason(exc)[:4000], who=Role.SOURCE, code=_code(exc)))
-        if chan is not None:
-            chan.close()
-        decision = conn.outcome() if conn is not None and not self.req.dry_run else Decision.KEEP_SOURCE
-        if not isinstance(exc, LdmError):
-            log.error("migration of LDom %s failed on a bug", self.name, exc_info=exc)
-        else:
-            log.warning("migration of LDom %s failed (%s): %s", self.name, decision, exc)
-        lines = self._apply(decision, exc)
-        exit_code = exc.exit_code if isinstance(exc, Refused | LdmError) else 1
-        if decision is Decision.DESTROY_SOURCE:
-            return Outcome(ok=True)
-        return Outcome(ok=False, dry_run=self.req.dry_run, lines=(*lines, self.trailer), exit_code=exit_code)
-
-    def _apply(self, decision: Decision, exc: BaseException) -> list[str]:
-        reasons = exc.lines if isinstance(exc, Refused) else [_reason(exc)]
-        if isinstance(exc, RemoteProtocolError):
-            reasons = [f"Target host {self.req.target_host} broke the migration protocol: {exc.message}"]
-        if isinstance(exc, Cancelled):
-            reasons = [f"Migration of LDom {self.name} cancelled: {exc}"]
-        if decision is Decision.DESTROY_SOURCE:
-            self._destroy_source()
-            return []
-        if decision is Decision.SOURCE_ERROR:
-            self._mark(MigrationRole.ERROR)
-            self._settle(Decision.SOURCE_ERROR)
-            return [
-                *reasons,
-                f"The link to {self.req.target_host} was lost after LDom {self.name} was handed over: it is "
-                f"left in the error state on this host; run 'ldm cancel-operation migration {self.name}' to "
-                "settle it (it asks the target whether it resumed the domain)",
-            ]
-        if self.suspended:
-            try:
-                self.deps.guests.resume(self.name)
-                self.suspended = False
-                self.run_state.suspended = False
-            except LdmError as e:
-                log.error("LDom %s: resuming its guest after the failed migration failed: %s", self.name, e)
-                reasons.append(f"LDom {self.name} could not be resumed: {e}")
-        self._keep_source()
-        return reasons
-
-    def _mark(self, role: MigrationRole) -> None:
-        def mark(m: Machine) -> Machine:
-            dom = m.find(self.name)
-            return m if dom is None else put_domain(m, replace(dom, migration=role))
-
-        self.deps.host.change(mark)
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, LdmError):
-        return exc.message
-    return f"internal error in the migration engine: {type(exc).__name__}: {exc} (details in ldmd.log)"
-
-
-def _code(exc: BaseException) -> str:
-    return exc.code if isinstance(exc, LdmError) else "internal"
 
 
 __all__ = ["RECOVERY_USER_PREFIX", "Cancelled", "CheckReport", "MigrationRequest", "Refused", "SourceEngine"]

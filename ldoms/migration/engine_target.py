@@ -11,22 +11,26 @@ connection thread:
    nothing; bound ones are bound anew (any layout); active ones keep their real addresses (`fit_blocks`) and
    get whole cores under the 1.2 rules (`bind_domain(..., full_cores=True)`).  Unless it is a dry run the
    shell is recorded (flag `t`, state bound or inactive) and locked against other operations;
-4. Prepare: active domains get a staging image (a sparse file in HOME/migrations); PrepareAck;
-5. the transfer (active): Suspend/SuspendAck, MemPages written into the image, RoundDone counts checked;
-   FinalState: the image's digest must match before the journal may say "complete domain held";
-6. CommitRequest: active domains start from the image (`GuestSupervisor.start(..., incoming_state=...)`),
-   the domain is recorded active; Resumed; HandoffDone clears flag `t`.
+4. Prepare: active domains get their image and its receiver (`ldoms.migration.incoming`): over the data
+   plane when the source offers one (the image where the guest will run it, blocks reserved and pre-touched,
+   an ephemeral data port in PrepareAck, a standby guest started meanwhile), else the issue-3 staging image
+   fed on the control link; PrepareAck;
+5. the transfer (active): MemPages descriptors (one per data-plane chunk) and RoundDone are checked against
+   what arrived, Suspend is acknowledged; FinalState: the accounting digest must match, the data plane must
+   end cleanly, the image is flushed and the standby guest up before the journal may say "complete domain
+   held";
+6. CommitRequest: the standby guest takes the vCPU state and runs (`restore`; it measures the downtime),
+   the domain is recorded active; Resumed (with the downtime); HandoffDone clears flag `t`.
 
-Whatever ends it, `conn.outcome()` decides: DISCARD_TARGET (stop the guest if started, delete the image,
-remove the shell, release the lock: this host is as it was) or KEEP_TARGET (the complete domain is here:
-start it if it is not running yet, clear flag `t`).  The journal is saved before each send and after each
-received event, and settled with the decision once carried out.
+Whatever ends it, `conn.outcome()` decides: DISCARD_TARGET (stop the receiver and the guest, scrub the
+image in the background, remove the shell, release the lock: this host is as it was) or KEEP_TARGET (the
+complete domain is here: run it if it is not running yet, clear flag `t`).  The journal is saved before each
+send and after each received event, and settled with the decision once carried out; the migration's record
+goes to the host's history.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import time
 from dataclasses import replace
@@ -36,13 +40,18 @@ from ldoms.checks import run_target_checks, target_facts
 from ldoms.checks.failure import CheckFailure, Code, Side
 from ldoms.errors import LdmError, ResourceError
 from ldoms.migration.checkwire import IncomingDomain, MalformedRequest, read_check_request
-from ldoms.migration.engine_common import LDM_VERSION, EngineDeps, add_domain, drop_domain, put_domain
-from ldoms.migration.engine_source import RECOVERY_USER_PREFIX, platform_facts
+from ldoms.migration.engine_common import (
+    LDM_VERSION,
+    EngineDeps,
+    add_domain,
+    drop_domain,
+    make_record,
+    put_domain,
+)
+from ldoms.migration.engine_source import platform_facts
 from ldoms.migration.events import (
     Abort,
     Auth,
-    AuthMethod,
-    AuthResult,
     Cancel,
     CheckRequest,
     CheckResult,
@@ -57,7 +66,6 @@ from ldoms.migration.events import (
     MigrationMode,
     Prepare,
     PrepareAck,
-    RecoveryAnswer,
     RecoveryQuery,
     Resumed,
     Role,
@@ -65,11 +73,14 @@ from ldoms.migration.events import (
     Suspend,
     SuspendAck,
 )
+from ldoms.migration.incoming import IncomingActive
+from ldoms.migration.live_target import boot_id
 from ldoms.migration.protocol import MigrationConnection, Phase
 from ldoms.migration.reserve import reserve
 from ldoms.migration.runstate import RunState
-from ldoms.migration.transfer import ImageWriter, TransferError, UnexpectedEvent
-from ldoms.migration.transport import ControlChannel
+from ldoms.migration.target_auth import TargetAuth
+from ldoms.migration.transfer import TransferError, UnexpectedEvent
+from ldoms.migration.transport import ControlChannel, ReadInterrupted
 from ldoms.migration.wire import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 from ldoms.model.domain import DomainState, MigrationRole
 from ldoms.model.machine import Machine
@@ -91,7 +102,7 @@ class Ended(LdmError):
     code = "ended"
 
 
-class TargetEngine:
+class TargetEngine(TargetAuth):
     def __init__(self, deps: EngineDeps, runs: RunRegistry, *, accept_incoming: bool = True) -> None:
         self.deps = deps
         self.runs = runs
@@ -102,11 +113,13 @@ class TargetEngine:
         self.request: CheckRequest | None = None
         self.run: RunState | None = None
         self.reserved = False
-        self.image: ImageWriter | None = None
+        self.incoming: IncomingActive | None = None
         self.cpu_state: bytes | None = None
-        self.started = False
         self.source_host = "?"
         self.extra: dict[str, Any] = {}
+        self.started_at = time.time()
+        self.end_reason = ""
+        self.rounds = 0
 
     @property
     def name(self) -> str:
@@ -181,63 +194,12 @@ class TargetEngine:
             log.warning("test hook: dropping the link instead of sending Resumed")
             chan.close()
             raise Ended("test hook: the link was dropped before Resumed")
-        chan.send(Resumed(mode=ev.mode))
+        measured: dict[str, Any] = {}
+        if self.incoming is not None and self.incoming.downtime_s is not None:
+            measured["downtime_s"] = float(self.incoming.downtime_s)
+        self.extra["resumed"] = True  # the journal knows the source may now destroy its copy
+        chan.send(Resumed(mode=ev.mode, measured=measured))
         self._expect(HandoffDone)
-
-    # ------------------------------------------------------------------ authentication
-    def _authenticate(self, auth: Auth, link: PeerLink) -> str | None:
-        """Send AuthResult; return the migration id when the login is a recovery token."""
-        from ldoms.peer import credentials
-        from ldoms.peer.errors import AuthenticationFailed, PeerConfigError
-
-        assert self.chan is not None
-        host_name = self.deps.host.machine.host_name
-        recovery_of: str | None = None
-        try:
-            if auth.method is AuthMethod.CERTIFICATE:
-                credentials.authenticate_certificate(link.identity, host_name=host_name, client=link.where)
-            elif auth.user.startswith(RECOVERY_USER_PREFIX):
-                recovery_of = auth.user[len(RECOVERY_USER_PREFIX) :]
-                self._check_token(recovery_of, auth.password or "", host_name)
-            else:
-                credentials.authenticate(
-                    self.deps.home, auth.user, auth.password or "", host_name=host_name, client=link.where
-                )
-        except (AuthenticationFailed, PeerConfigError) as e:
-            reason = (
-                e.message
-                if isinstance(e, AuthenticationFailed)
-                else (f"Target host {host_name} cannot check credentials: {e.message}")
-            )
-            self.chan.send(AuthResult(ok=False, reason=reason))
-            return None
-        self.chan.send(AuthResult(ok=True))
-        return recovery_of
-
-    def _check_token(self, migration_id: str, token: str, host_name: str) -> None:
-        from ldoms.peer.errors import AuthenticationFailed
-
-        rec = self.deps.journals.load(migration_id, Role.TARGET)
-        want = rec.extra.get("token_sha256") if rec is not None else None
-        got = hashlib.sha256(token.encode()).hexdigest()
-        if not isinstance(want, str) or not hmac.compare_digest(want, got):
-            raise AuthenticationFailed(
-                f"Authentication failed on target host {host_name}: no migration {migration_id} with that "
-                "recovery token is recorded here"
-            )
-
-    def _answer_recovery(self, ev: RecoveryQuery, recovery_of: str | None) -> None:
-        assert self.chan is not None
-        decision: Decision | None = None
-        detail = "no journal of that migration is recorded here"
-        if recovery_of is not None and recovery_of != ev.migration_id:
-            detail = "the recovery login was for another migration"
-        else:
-            rec = self.deps.journals.load(ev.migration_id, Role.TARGET)
-            if rec is not None:
-                decision = rec.journal.recovery()
-                detail = f"the target reached phase {rec.journal.phase}"
-        self.chan.send(RecoveryAnswer(migration_id=ev.migration_id, decision=decision, detail=detail))
 
     # ------------------------------------------------------------------ phase 1
     def _check(self, ev: CheckRequest) -> None:
@@ -305,15 +267,22 @@ class TargetEngine:
     # ------------------------------------------------------------------ phases 2 to 4
     def _prepare(self) -> None:
         assert self.chan is not None and self.inc is not None and self.request is not None
-        self._expect(Prepare)
+        ev = self._expect(Prepare)
+        assert isinstance(ev, Prepare)
+        ack: dict[str, Any] = {}
         if self.request.mode is MigrationMode.ACTIVE:
-            dom = self.deps.host.machine.domain(self.inc.name)
-            assert dom.bindings is not None
-            path = self.deps.journals.image_path(self.request_id)
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path.unlink(missing_ok=True)  # a leftover of a crashed attempt with the same id cannot be ours
-            self.image = ImageWriter(path, [(b.ra, b.size) for b in dom.bindings.mblocks])
-        self.chan.send(PrepareAck(target_domain=self.inc.name))
+            self._phase("prepare")
+            self.deps.policy.hooks.at("target:prepare")
+            shell = self.deps.host.machine.domain(self.inc.name)
+            self.incoming = IncomingActive(self.deps, self.inc.name, self.request_id)
+            bind = self.chan.link.local_address
+            self.chan.enable_wake()
+            host = bind[0] if bind is not None else "127.0.0.1"
+            ack = self.incoming.prepare(ev, shell, host, self.chan.wake)
+        self.chan.send(PrepareAck(target_domain=self.inc.name, data_plane=ack))
+        if self.incoming is not None:
+            self.incoming.started_link()
+            self.chan.before_pong = self.incoming.ready_for_switch_over
 
     @property
     def request_id(self) -> str:
@@ -321,49 +290,64 @@ class TargetEngine:
         return self.conn.migration_id
 
     def _receive_image(self) -> None:
-        assert self.chan is not None and self.image is not None
-        image = self.image
+        assert self.chan is not None and self.incoming is not None
+        incoming = self.incoming
+        self._phase("precopy")
         while True:
-            ev = self.chan.receive(inspect=self._verify_final)
+            try:
+                ev = self.chan.receive(inspect=self._verify_final)
+            except ReadInterrupted:  # the data plane stopped: say why (raises)
+                incoming.check()
+                raise TransferError("the data plane stopped without a reason") from None
             if isinstance(ev, MemPages):
-                image.write(ev)
+                incoming.pages(ev)
             elif isinstance(ev, RoundDone):
-                image.end_round(ev)
+                incoming.round_done(ev)
+                self.rounds += 1
             elif isinstance(ev, Suspend):
+                self._phase("suspended")
                 if self.run is not None:
                     self.run.suspended = True
+                if self.deps.policy.hooks.drops("target:suspend-ack"):
+                    log.warning("test hook: dropping the link instead of sending SuspendAck")
+                    self.chan.close()
+                    raise Ended("test hook: the link was dropped before SuspendAck")
                 self.chan.send(SuspendAck(round=ev.round))
             elif isinstance(ev, FinalState):
+                self._phase("final")
                 return
             else:
                 raise Ended(_ended_by(ev, self.source_host))
 
     def _verify_final(self, ev: Event) -> None:
-        """Before the journal may say "complete domain held": the image matches and is on disk."""
-        if not isinstance(ev, FinalState) or self.image is None:
+        """Before the journal may say "complete domain held": the image is complete and on disk."""
+        if not isinstance(ev, FinalState) or self.incoming is None:
             return
-        digest = self.image.digest()
-        if ev.algorithm != "sha256" or not hmac.compare_digest(digest, ev.checksum):
-            raise TransferError(
-                f"the memory image of LDom {self.name} does not match the source's checksum "
-                f"({ev.algorithm} {ev.checksum[:16]}..., received {digest[:16]}...): pages were lost or "
-                "damaged"
-            )
-        self.image.sync()
-        self.image.close()
+        self.deps.policy.hooks.at("target:verify-final")
+        t0 = time.monotonic()
+        self.incoming.verify_final(ev)
+        log.info("LDom %s: the final state checked out in %.1f ms", self.name, (time.monotonic() - t0) * 1000)
         self.cpu_state = ev.cpu_state
         self.extra["cpu_state"] = ev.cpu_state.decode("utf-8", "replace")
+        if self.incoming.data_plane:
+            self.extra["boot_id"] = boot_id()  # the image is held in memory: valid for this boot only
 
     def _commit(self) -> None:
-        """The source handed the domain over: start it here (active) and record it."""
+        """The source handed the domain over: run it here (active) and record it."""
         assert self.request is not None
-        if self.request.mode is MigrationMode.ACTIVE and not self.started:
+        self._phase("handoff")
+        self.deps.policy.hooks.at("target:commit")
+        if self.request.mode is MigrationMode.ACTIVE and not self._started:
             self._start_guest()
         if self.run is not None:
             self.run.set_progress(99)
 
+    @property
+    def _started(self) -> bool:
+        return self.incoming is not None and self.incoming.started
+
     def _start_guest(self) -> None:
-        assert self.inc is not None and self.cpu_state is not None
+        assert self.inc is not None and self.cpu_state is not None and self.incoming is not None
         facts = self.inc.facts
         shell = self.deps.host.machine.domain(self.inc.name)
         active = replace(
@@ -372,10 +356,12 @@ class TargetEngine:
             started_at=facts.domain.started_at or time.time(),
             softstate=facts.domain.softstate or "Solaris running",
         )
-        image = self.deps.journals.image_path(self.request_id)
-        rec = self.deps.guests.start_incoming(active, image, self.cpu_state)
-        self.started = True
-        self.deps.host.change(lambda m: put_domain(m, replace(active, guest_pid=rec.pid)))
+        pid = self.incoming.start(active, self.cpu_state)
+        self.deps.host.change(lambda m: put_domain(m, replace(active, guest_pid=pid)))
+
+    def _phase(self, phase: str) -> None:
+        if self.run is not None:
+            self.run.set_progress(self.run.progress, phase)
 
     # ------------------------------------------------------------------ plumbing
     def _expect(self, cls: type[Event]) -> Event:
@@ -395,17 +381,21 @@ class TargetEngine:
     def _end(self, exc: BaseException | None) -> None:
         chan = self.chan
         if exc is not None:
+            self.end_reason = exc.message if isinstance(exc, LdmError) else f"internal error: {exc}"
             if isinstance(exc, LdmError):
                 log.info("migration from %s (LDom %s) ended: %s", self.source_host, self.name, exc)
             else:
                 log.error("migration from %s failed on a bug", self.source_host, exc_info=exc)
+            if self.incoming is not None:
+                self.incoming.close()  # no lane keeps writing while we tell the source and decide
             if chan is not None and not isinstance(exc, Ended):
                 reason = exc.message if isinstance(exc, LdmError) else f"internal error on the target: {exc}"
                 code = exc.code if isinstance(exc, LdmError) else "internal"
                 if chan.try_send(Abort(reason=reason[:4000], who=Role.TARGET, code=code)):
                     self._drain(chan)
         if self.request is None or self.request.dry_run or self.conn.recovery:
-            self._discard_image()
+            if self.incoming is not None:
+                self.incoming.discard()
             return
         decision = self.conn.outcome()
         try:
@@ -415,8 +405,38 @@ class TargetEngine:
                 self._discard()
         finally:
             if self.run is not None:
+                self._record(decision, exc)
                 self.run.done.set()
                 self.runs.remove(self.run)
+
+    def _record(self, decision: Decision, exc: BaseException | None) -> None:
+        assert self.run is not None and self.request is not None
+        ended = self.conn.ended_by
+        if decision is Decision.KEEP_TARGET:
+            outcome, reason = "completed", ""
+        elif isinstance(ended, Cancel):
+            outcome, reason = "cancelled", ended.reason
+        else:
+            outcome, reason = "failed", self.end_reason or (ended.reason if isinstance(ended, Abort) else "")
+        inc = self.incoming
+        dom = self.inc.facts.domain if self.inc is not None else None
+        memory = dom.bindings.memory if dom is not None and dom.bindings is not None else 0
+        rec = make_record(
+            migration_id=self.request_id,
+            domain=self.name,
+            role="target",
+            peer=self.source_host,
+            kind=str(self.request.mode),
+            started_at=self.started_at,
+            outcome=outcome,
+            reason=reason,
+            downtime_s=(inc.downtime_s or 0.0) if inc is not None else 0.0,
+            memory_bytes=memory,
+            channels=inc.channels if inc is not None else 0,
+            rounds=self.rounds,
+            bytes_sent=inc.bytes_received if inc is not None else 0,
+        )
+        self.deps.remember(rec)
 
     def _drain(self, chan: ControlChannel) -> None:
         """After our Abort, read (and drop) what the source still sends until it closes the link: a source
@@ -431,7 +451,7 @@ class TargetEngine:
 
     def _keep(self) -> None:
         """The complete domain is here: it runs (active) and is an ordinary domain now."""
-        if self.request is not None and self.request.mode is MigrationMode.ACTIVE and not self.started:
+        if self.request is not None and self.request.mode is MigrationMode.ACTIVE and not self._started:
             try:
                 self._start_guest()
             except LdmError as e:
@@ -450,18 +470,10 @@ class TargetEngine:
         log.info("LDom %s arrived from %s", name, self.source_host)
 
     def _discard(self) -> None:
-        """Nothing of the domain stays here: this host is as it was."""
+        """Nothing of the domain stays here: this host is as it was (the image is scrubbed meanwhile)."""
         name = self.name
-        if self.started:
-            try:
-                self.deps.guests.destroy(name)
-            except LdmError as e:
-                log.error("stopping the guest of the discarded LDom %s failed: %s", name, e)
-        self._discard_image()
-        if self.reserved and self.request is not None and self.request.mode is MigrationMode.ACTIVE:
-            # A failed incoming start leaves the image, moved into the guests directory, to us: scrub it.
-            self.deps.guests.memory_path(name).unlink(missing_ok=True)
-            self.deps.journals.image_path(self.request_id).unlink(missing_ok=True)
+        if self.incoming is not None:
+            self.incoming.discard()
         if self.reserved:
 
             def discard(m: Machine) -> Machine:
@@ -474,11 +486,6 @@ class TargetEngine:
             self.deps.host.change(discard)
             self.reserved = False
         self._settle(Decision.DISCARD_TARGET)
-
-    def _discard_image(self) -> None:
-        if self.image is not None:
-            self.image.discard()
-            self.image = None
 
     def _settle(self, decision: Decision) -> None:
         if self.request is None or self.request.dry_run or self.conn.migration_id is None:

@@ -406,10 +406,12 @@ class CommitRequest(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Resumed(Event):
-    """Target to source: the domain is recorded here and runs (active) or is bound/inactive."""
+    """Target to source: the domain is recorded here and runs (active) or is bound/inactive.  `measured`:
+    what the target observed, e.g. `downtime_s`, the pause its guest measured (for the source's record)."""
 
     TYPE = MessageType.RESUMED
     mode: MigrationMode = field(metadata=ruled(choice(MigrationMode)))
+    measured: Facts = field(default_factory=dict, metadata=ruled(facts))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,8 +4,9 @@
 - bound: bound anew, any memory layout (it has not booted, SPEC 3.2);
 - active: the real addresses stay (SPEC 3.1 Memory): `fit_blocks` finds congruent PAs for the source's blocks
   in the target's free memory, and those PAs become named blocks for `bind_domain`, which then reserves
-  CPUs (whole cores and CPU DR off under the 1.2 rules, SPEC 3.1 CPU, 7.10), crypto units and the console
-  around them; the shell keeps the source's constraints and gets the fitted blocks as its bindings.
+  CPUs (whole cores and CPU DR off under the 1.2 rules, SPEC 3.1 CPU, 7.10, unless the source copies the
+  guest live: `extra["transfer"] == "live"`), crypto units and the console around them; the shell keeps the
+  source's constraints and gets the fitted blocks as its bindings.
 
 Raises `ResourceError` (`MemoryFitError`: `Unable to bind 2G memory region at real address 0x8000000`) naming
 what is missing; the target reports it as a failure of the migration.
@@ -35,7 +36,9 @@ def reserve(machine: Machine, inc: IncomingDomain) -> Domain:
     fitted = binding.fit_blocks(binding.free_memory(machine), inc.blocks, machine.platform.hw_max_pagesize)
     named = tuple(NamedMblock(pa=b.pa, size=b.size) for b in fitted)
     as_named = replace(cfg, mblocks=named, memory=sum(b.size for b in fitted))
-    legacy = facts.legacy_cpu_rules
+    # Live pre-copy (the source says so) keeps the guest's CPUs as they are; the 1.2 way gets whole cores
+    # and CPU DR off until the reboot.
+    legacy = facts.legacy_cpu_rules and inc.extra.get("transfer") != "live"
     b = binding.bind_domain(machine, as_named, full_cores=legacy)
     return Domain(
         config=cfg,

@@ -12,8 +12,11 @@ recomputes it by scanning what it wrote, and a lost, torn or misplaced page chan
 The transfer is one replaceable step (`Transfer`): the source engine calls `transfer.run(ctx)` between
 PrepareAck and FinalState and gets the checksum and the vCPU state back.  `StopAndCopy` is the LDoms 1.2
 behaviour: suspend the guest, announce the (only, final) round with Suspend, send every non-zero page on the
-control link in MemPages batches, close the round with RoundDone.  Issue 4 swaps in live pre-copy over the
-parallel data plane behind the same interface.
+control link in MemPages batches, close the round with RoundDone.  It is the fallback for a target that
+answers Prepare without a data plane; `ldoms.migration.live_source.LiveTransfer` (live pre-copy, or the 1.2
+stop-and-copy, over the parallel encrypted data plane) is the usual step, and
+`ldoms.migration.live_target` holds the target's receivers (control link or data plane) behind one
+interface.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -186,6 +189,9 @@ class TransferResult:
     pages: int
     nbytes: int
     algorithm: str = ImageDigest.algorithm
+    rounds: int = 1
+    channels: int = 0  # data channels (0: the pages went on the control link)
+    bytes_sent: int = 0  # bytes on the wire for the pages (framing included); 0: as nbytes
 
 
 @dataclass(slots=True)
@@ -200,9 +206,12 @@ class SourceTransferContext:
 
 
 class Transfer(Protocol):
+    """A replaceable transfer step: `StopAndCopy` here (pages on the control link), `LiveTransfer`
+    (ldoms.migration.live_source: pre-copy over the data plane) with its own context type."""
+
     name: str
 
-    def run(self, ctx: SourceTransferContext) -> TransferResult: ...
+    def run(self, ctx: Any) -> TransferResult: ...
 
 
 class StopAndCopy:

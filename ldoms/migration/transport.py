@@ -15,17 +15,29 @@ Deadlines are named policy values (`MigrationPolicy`), chosen by the phase the c
 
 `MigrationPolicy.hooks` (`TestHooks`) let integration tests stop a daemon at a named point: pause (waiting on
 the migration's cancel event, never a bare sleep), crash the process, or drop the link instead of sending.
-They come from the environment variable `LDMD_TEST_HOOKS` (JSON) and do nothing when it is unset.
+They come from the environment variable `LDMD_TEST_HOOKS` (JSON) and do nothing when it is unset; its
+`policy` object shortens named deadlines (`{"policy": {"transfer_idle_s": 3}}`).
+
+A Ping is answered at once, after `before_pong()` if set: the target waits there until it is ready for the
+switch-over (its standby guest is up), which makes the source's Ping before the suspend a barrier.
+
+`wake()` (after `enable_wake()`) ends a wait without harming the link (`ReadInterrupted`): the target's
+transfer loop is woken so when its data plane fails, and then tells the source why (Abort).
+
+`interrupt(why)` lets another thread stop a blocked read at once (a cancel while the source waits for the
+target): the read in progress and every later one raise `LinkLost` naming the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import select
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ldoms.errors import OpExecError
@@ -50,6 +62,7 @@ class TestHooks:
     pause: dict[str, float] = field(default_factory=dict)  # point -> seconds (cut short by a cancel)
     crash: frozenset[str] = frozenset()  # point -> the process exits at once (status 70), as a crash would
     drop: frozenset[str] = frozenset()  # point -> the link is closed instead of sending
+    policy: dict[str, float] = field(default_factory=dict)  # MigrationPolicy fields -> shorter deadlines
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> TestHooks:
@@ -62,6 +75,7 @@ class TestHooks:
                 pause={str(k): float(v) for k, v in dict(doc.get("pause", {})).items()},
                 crash=frozenset(str(p) for p in doc.get("crash", ())),
                 drop=frozenset(str(p) for p in doc.get("drop", ())),
+                policy={str(k): float(v) for k, v in dict(doc.get("policy", {})).items()},
             )
         except (ValueError, TypeError, AttributeError) as e:
             raise OpExecError(f"{HOOKS_ENV} is not a valid hooks document: {e}") from e
@@ -93,7 +107,18 @@ class MigrationPolicy:
     batch_bytes: int = 2 * 1024 * 1024  # page data per MemPages message on the control link
     cancel_wait_s: float = 60.0  # how long `cancel-operation migration` waits for the migration to end
     farewell_drain_s: float = 5.0  # after an Abort: how long to let the peer read it before closing
+    recovery_retry_min_s: float = 2.0  # error state: first wait before asking the target again ...
+    recovery_retry_max_s: float = 60.0  # ... doubling up to this bound while it does not answer
     hooks: TestHooks = field(default_factory=TestHooks)
+
+    @classmethod
+    def with_hooks(cls, hooks: TestHooks) -> MigrationPolicy:
+        """The default policy with the hooks, and the deadlines they shorten (tests)."""
+        names = {f.name for f in fields(cls)} - {"hooks", "batch_bytes"}
+        unknown = sorted(set(hooks.policy) - names)
+        if unknown:
+            raise OpExecError(f"{HOOKS_ENV}: unknown policy fields {unknown}; known: {sorted(names)}")
+        return cls(hooks=hooks, **hooks.policy)  # type: ignore[arg-type]
 
     def deadline(self, phase: Phase) -> float:
         name = DEADLINES.get(phase)
@@ -104,6 +129,12 @@ class LinkLost(OpExecError):
     """The peer closed the link between two whole frames."""
 
     code = "link-lost"
+
+
+class ReadInterrupted(OpExecError):
+    """`wake()` stopped a wait for the peer; the link is intact (the waiter has something else to do)."""
+
+    code = "interrupted"
 
 
 class ControlChannel:
@@ -126,6 +157,49 @@ class ControlChannel:
         self.journal_extra = journal_extra
         self.on_progress = on_progress
         self.journaling = journals is not None  # the owner may switch it on later (the target: at CHECK)
+        self._persisted: tuple[object, str] | None = None
+        self.before_pong: Callable[[], None] | None = None  # runs before a Ping is answered
+        self._wake = threading.Lock()
+        self._reading = False
+        self._interrupted = ""
+        self._wake_pipe: tuple[int, int] | None = None  # enable_wake(): wake() ends a wait, link intact
+
+    def enable_wake(self) -> None:
+        """Let `wake()` (from any thread) end the wait for the peer's next frame with `ReadInterrupted`."""
+        if self._wake_pipe is None:
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._wake_pipe = (r, w)
+
+    def wake(self) -> None:
+        with self._wake:  # never a write into a descriptor close() gave back
+            if self._wake_pipe is not None:
+                with contextlib.suppress(OSError):
+                    os.write(self._wake_pipe[1], b"!")
+
+    def _wait_readable(self, timeout: float | None) -> bool:
+        """Wait until a frame can be read (False: timed out); ReadInterrupted when woken first."""
+        assert self._wake_pipe is not None
+        r = self._wake_pipe[0]
+        if self.link.pending():
+            return True
+        ready, _, _ = select.select([self.link.fileno(), r], [], [], timeout)
+        if r in ready:
+            with contextlib.suppress(OSError):
+                while os.read(r, 64):
+                    pass
+            raise ReadInterrupted(f"stopped waiting for {self.where}: woken")
+        return bool(ready)
+
+    def interrupt(self, why: str) -> None:
+        """From any thread: make the blocking read in progress, and every later one, fail at once (a cancel
+        while the engine waits for the peer).  Sends still work until the link breaks."""
+        with self._wake:
+            self._interrupted = why
+            reading = self._reading
+        if reading:
+            self.link.interrupt()
 
     @property
     def where(self) -> str:
@@ -133,12 +207,21 @@ class ControlChannel:
 
     # ------------------------------------------------------------------ journal
     def persist(self) -> None:
+        """Make the journal durable, when it matters: a step that leaves the decision after a crash
+        (`Journal.recovery()`) and the extra data as they were is not written again (PRECOPY, SUSPENDING and
+        SUSPENDED all mean "keep the source, discard the target"), so the final pause costs only the writes
+        of the fence itself."""
         if not self.journaling or self.journals is None or self.conn.migration_id is None:
             return
         if self.conn.recovery:  # a RecoveryQuery conversation touches no domain
             return
         extra = self.journal_extra() if self.journal_extra is not None else None
-        self.journals.save(self.conn.journal(), extra)
+        journal = self.conn.journal()
+        key = (journal.recovery(), json.dumps(extra, sort_keys=True, default=str))
+        if key == self._persisted:
+            return
+        self.journals.save(journal, extra)
+        self._persisted = key
 
     # ------------------------------------------------------------------ speaking
     def send(self, event: Event) -> None:
@@ -162,12 +245,15 @@ class ControlChannel:
             return False
 
     # ------------------------------------------------------------------ listening
-    def receive(self, inspect: Callable[[Event], None] | None = None) -> Event:
+    def receive(
+        self, inspect: Callable[[Event], None] | None = None, *, timeout: float | None = None
+    ) -> Event:
         """The peer's next event that is not a keep-alive or a progress report.
 
         `inspect(event)` runs before the journal records the event: what it raises propagates with the
         journal still at the previous phase (the target verifies the final state's checksum there, so its
-        disk never says it holds a complete domain that it does not hold)."""
+        disk never says it holds a complete domain that it does not hold).  `timeout` replaces the phase's
+        deadline for each read."""
         while True:
             try:
                 ev = self.conn.next_event()
@@ -175,7 +261,7 @@ class ControlChannel:
                 self._farewell(e)
                 raise
             if ev is NEED_DATA:
-                self._read()
+                self._read(timeout)
                 continue
             if ev is LINK_CLOSED:
                 self.link.close()
@@ -189,6 +275,8 @@ class ControlChannel:
                 inspect(ev)
             self.persist()
             if isinstance(ev, Ping):
+                if self.before_pong is not None:
+                    self.before_pong()
                 self.try_send(Pong(nonce=ev.nonce))
                 continue
             if isinstance(ev, Progress):
@@ -197,22 +285,40 @@ class ControlChannel:
                 continue
             return ev
 
-    def _read(self) -> None:
+    def _read(self, timeout: float | None = None) -> None:
         phase = self.conn.phase
-        timeout = self.policy.deadline(phase)
+        timeout = self.policy.deadline(phase) if timeout is None else timeout
+        with self._wake:
+            self._stopped(phase)
+            self._reading = True
         try:
+            if self._wake_pipe is not None and not self._wait_readable(timeout):
+                self.link.close()  # as a timed-out read closes it
+                raise PeerTimeout(f"no frame from {self.where}", where=self.where)
             self.link.settimeout(timeout)
             data = self.link.recv_frame()
         except PeerClosed:
+            self._stopped(phase)
             self.conn.receive_data(b"")  # then next_event(): LINK_CLOSED, or a frame cut short
             return
         except PeerTimeout as e:
+            self._stopped(phase)
             raise PeerTimeout(
                 f"No answer from {self.where} within {timeout:g} s in phase {phase} of the migration "
                 f"(deadline {DEADLINES.get(phase) or 'transfer_idle_s'}); the link is closed",
                 where=e.where,
             ) from e
+        except PeerError:
+            self._stopped(phase)
+            raise
+        finally:
+            with self._wake:
+                self._reading = False
         self.conn.receive_data(data)
+
+    def _stopped(self, phase: Phase) -> None:
+        if self._interrupted:
+            raise LinkLost(f"stopped waiting for {self.where} in phase {phase}: {self._interrupted}")
 
     def _farewell(self, exc: RemoteProtocolError) -> None:
         if exc.farewell is not None:
@@ -225,3 +331,8 @@ class ControlChannel:
 
     def close(self) -> None:
         self.link.close()
+        with self._wake:
+            pipe, self._wake_pipe = self._wake_pipe, None
+        for fd in pipe or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)

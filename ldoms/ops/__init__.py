@@ -4,6 +4,7 @@ from ldoms.ops import (  # noqa: F401
     domains,
     lifecycle,
     listing,
+    listing_migrations,
     migrate,
     reconf,
     resources,

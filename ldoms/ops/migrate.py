@@ -1,6 +1,8 @@
 """`ldm migrate-domain` (alias `migrate`): its grammar, and the operand `[user@]target-host[:target-ldom]`.
 
-    ldm migrate-domain [-f] [-n] [-c] [-p password-file] [--json] source-ldom [user@]target-host[:target-ldom]
+    ldm migrate-domain [-f] [-n] [-c] [-p password-file] [--json] [max-downtime=T] [bandwidth=RATE]
+                       [auto-converge=on|off] [max-time=T] [max-rounds=N]
+                       source-ldom [user@]target-host[:target-ldom]
 
 This module is only the verb's syntax and its local prerequisite (the source domain exists): a migration is
 not one operation on one machine but a conversation between two ldmds, carried out by the migration engine
@@ -14,7 +16,10 @@ Decisions where SPEC is silent:
   document to print (success is silent, failure is the LDoms lines);
 - a target host is a host name, an IPv4 address or a bracketed IPv6 address (`[fe80::1]:ldg2`), because
   the colon separates the target domain name;
-- `-f` is accepted (2.0+ syntax); LDoms 1.2 rules have no forceable check, so it changes nothing yet.
+- `-f` is accepted (2.0+ syntax); LDoms 1.2 rules have no forceable check, so it changes nothing yet;
+- the live-migration knobs are properties (`max-downtime=100ms bandwidth=500M auto-converge=off
+  max-time=2m max-rounds=20`, `ldoms.migration.precopy_knobs`): each overrides the host's default
+  (`ldmd --migration-defaults`) for this migration only; a bad value is a usage error before any prompt.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import re
 from dataclasses import dataclass
 
 from ldoms.errors import BusyError, OpExecError, UsageError, one_line
+from ldoms.migration.precopy_knobs import KNOBS, parse_knobs
 from ldoms.model.machine import Machine
 from ldoms.ops.base import OpContext, OpResult, Request, VerbSpec, register
 from ldoms.ops.common import check_grammar, check_name, get_domain
 
 USAGE = (
-    "migrate-domain [-f] [-n] [-c] [-p password-file] [--json] source-ldom [user@]target-host[:target-ldom]"
+    "migrate-domain [-f] [-n] [-c] [-p password-file] [--json] [max-downtime=T] [bandwidth=RATE] "
+    "[auto-converge=on|off] [max-time=T] [max-rounds=N] source-ldom [user@]target-host[:target-ldom]"
 )
 _HOST_RE = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
@@ -56,6 +63,7 @@ class MigrateArgs:
     force: bool = False
     json: bool = False
     password_file: str | None = None
+    knobs: tuple[str, ...] = ()  # "name=value" live-migration settings, checked (precopy_knobs)
 
     @property
     def target_ldom(self) -> str:
@@ -155,6 +163,11 @@ def migrate_args(request: Request) -> MigrateArgs:
             f"Options -c and -p exclude each other: -c authenticates with certificates, no password. "
             f"Usage: ldm {USAGE}"
         )
+    knobs = tuple(f"{k}={v}" for k, v in request.props)
+    try:
+        parse_knobs(knobs)
+    except UsageError as e:
+        raise UsageError(f"{e.message}. Usage: ldm {USAGE}") from None
     dry_run = bool(f.get("-n"))
     if f.get("--json") and not dry_run:
         raise UsageError(f"Option --json goes with -n (the dry run's verdict). Usage: ldm {USAGE}")
@@ -166,6 +179,7 @@ def migrate_args(request: Request) -> MigrateArgs:
         force=bool(f.get("-f")),
         json=bool(f.get("--json")),
         password_file=password_file,
+        knobs=knobs,
     )
 
 
@@ -176,6 +190,7 @@ class MigrateDomain:
         aliases=("migrate",),
         flags=("-n", "-c", "-f", "--json"),
         value_flags=("-p",),
+        props=KNOBS,
         min_operands=2,
         max_operands=2,
         usage=USAGE,

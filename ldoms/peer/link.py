@@ -95,6 +95,42 @@ class PeerLink:
     def closed(self) -> bool:
         return self._sock is None
 
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        """(address, port) of this end, or None once closed (the migration data plane listens there)."""
+        return self._address("getsockname")
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """(address, port) of the other end, or None once closed."""
+        return self._address("getpeername")
+
+    def _address(self, which: str) -> tuple[str, int] | None:
+        sock = self._sock
+        if sock is None:
+            return None
+        try:
+            addr = getattr(sock, which)()
+        except OSError:
+            return None
+        return str(addr[0]), int(addr[1])
+
+    def fileno(self) -> int:
+        """The socket's descriptor, to wait for readability (see `pending` for bytes TLS already holds)."""
+        return self._live().fileno()
+
+    def pending(self) -> int:
+        """Decrypted bytes TLS holds that a read returns without touching the network."""
+        return self._live().pending()
+
+    def interrupt(self) -> None:
+        """Wake a thread blocked reading this link, from another thread: the TCP socket under TLS is shut
+        down (the TLS state is not touched), so the blocked read fails as a closed link."""
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
     def settimeout(self, timeout: float | None) -> None:
         """Seconds each read or write may wait (None: forever)."""
         self._live().settimeout(timeout)

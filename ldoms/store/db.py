@@ -10,6 +10,10 @@ schema version.
 `commit(machine)` compares the new documents with the ones last written and writes only the rows that
 differ, all in one `BEGIN IMMEDIATE` ... `COMMIT`.  WAL with `synchronous=FULL` makes a returned commit
 durable: after a `kill -9` at any moment, a restart finds every committed operation and no part of another.
+
+Besides the machine: `migrations` holds the last `MIGRATION_HISTORY` finished migrations (one JSON document
+each, oldest pruned in the same transaction), and `meta` holds small host settings (`get_setting` /
+`set_setting`, e.g. the host's migration defaults).
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS domains (name TEXT PRIMARY KEY, position INTEGER NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS spconfigs (name TEXT PRIMARY KEY, position INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS migrations (seq INTEGER PRIMARY KEY AUTOINCREMENT, doc TEXT NOT NULL);
 """
+MIGRATION_HISTORY = 100  # finished migrations kept (`ldm list-migrations`); the oldest go first
 
 # Machine fields kept elsewhere than in the machine document.
 _SEPARATE = ("host_name", "platform", "domains", "spconfigs")
@@ -153,6 +159,42 @@ class Store:
             self._write_rows("domains", {}, docs.domains)
             self._write_rows("spconfigs", {}, docs.spconfigs)
         self._written = docs
+
+    # ------------------------------------------------------------------ host settings, migration history
+    def get_setting(self, key: str) -> str | None:
+        return self._meta(f"setting:{key}")
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        with self._transaction():
+            if value is None:
+                self._db.execute("DELETE FROM meta WHERE key = ?", (f"setting:{key}",))
+            else:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"setting:{key}", value)
+                )
+
+    def add_migration(self, doc: dict[str, Any], keep: int = MIGRATION_HISTORY) -> None:
+        """Record a finished migration; only the newest `keep` stay."""
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        with self._transaction():
+            self._db.execute("INSERT INTO migrations (doc) VALUES (?)", (text,))
+            self._db.execute(
+                "DELETE FROM migrations WHERE seq NOT IN "
+                "(SELECT seq FROM migrations ORDER BY seq DESC LIMIT ?)",
+                (keep,),
+            )
+
+    def migrations(self) -> list[dict[str, Any]]:
+        """The recorded migrations, oldest first (unreadable rows are skipped)."""
+        out = []
+        for (text,) in self._db.execute("SELECT doc FROM migrations ORDER BY seq"):
+            try:
+                doc = json.loads(text)
+            except ValueError:
+                continue
+            if isinstance(doc, dict):
+                out.append(doc)
+        return out
 
     def set_listen(self, listen: str) -> None:
         with self._transaction():

@@ -371,10 +371,14 @@ def test_killing_ldm_cancels_the_migration(hosts: Callable[..., LdmHost], tmp_pa
 
 
 # ------------------------------------------------------------------------------------ the error state
+# ldmd settles the error state by itself once the target answers; these tests take the admin's path.
+NO_AUTO_RECOVERY = hooks_env(pause={"source:auto-recovery": 600})
+
+
 def test_link_lost_at_the_hand_over_then_the_target_kept_it(
     hosts: Callable[..., LdmHost], tmp_path: Path
 ) -> None:
-    p = make_pair(hosts, tmp_path, dst_env=hooks_env(drop=["target:resumed"]))
+    p = make_pair(hosts, tmp_path, src_env=NO_AUTO_RECOVERY, dst_env=hooks_env(drop=["target:resumed"]))
     add_guest(p.src, "ldg1")
     src_pid = p.src.guest_pid("ldg1")
     r = p.migrate("-p", str(p.pwfile), "ldg1", f"{USER}@{TARGET}")
@@ -392,7 +396,9 @@ def test_link_lost_at_the_hand_over_then_the_target_kept_it(
 
 
 def test_target_crash_before_it_held_the_domain(hosts: Callable[..., LdmHost], tmp_path: Path) -> None:
-    p = make_pair(hosts, tmp_path, dst_env=hooks_env(crash=["target:received:FinalState"]))
+    p = make_pair(
+        hosts, tmp_path, src_env=NO_AUTO_RECOVERY, dst_env=hooks_env(crash=["target:received:FinalState"])
+    )
     add_guest(p.src, "ldg1")
     src_pid = p.src.guest_pid("ldg1")
     r = p.migrate("-p", str(p.pwfile), "ldg1", f"{USER}@{TARGET}")

@@ -41,7 +41,7 @@ def test_defaults_and_values() -> None:
         (
             {"ldoms-workload": "bogus"},
             "Invalid value 'bogus' for variable ldoms-workload: unknown workload 'bogus', expected one of "
-            "dirty, idle, ledger",
+            "dirty, fill-random, idle, ledger",
         ),
         (
             {"ldoms-dirty-rate": "fast"},

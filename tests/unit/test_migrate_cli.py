@@ -20,6 +20,7 @@ from ldoms.errors import NotFoundError, UsageError
 from ldoms.hv.supervisor import GuestSupervisor
 from ldoms.migration.engine_source import MigrationRequest
 from ldoms.migration.events import Role
+from ldoms.migration.precopy_knobs import PrecopyPolicy
 from ldoms.migration.runstate import Outcome, RunState
 from ldoms.model.domain import Domain, DomainConfig
 from ldoms.model.platforms import load_platform
@@ -149,6 +150,9 @@ class FakeManager:
     def intercept(self, request: object) -> None:
         return None
 
+    def defaults(self) -> PrecopyPolicy:
+        return PrecopyPolicy(max_downtime_s=0.5)
+
     def statuses(self) -> tuple[()]:
         return ()
 
@@ -171,10 +175,28 @@ def test_api_streams_progress_then_the_result(api: tuple[TestClient, FakeManager
     r = client.post("/v1/migrate", json=body)
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
     items = [json.loads(line) for line in r.text.splitlines()]
-    assert items[0] == {"type": "progress", "percent": 40}
+    assert (items[0]["type"], items[0]["percent"]) == ("progress", 40)
     assert items[-1]["type"] == "result" and items[-1]["problems"][0]["code"] == "mem-layout"
     (req,) = mgr.requests
     assert (req.user, req.password, req.dry_run, req.target_ldom) == ("alice", "pw", True, "ldg1")
+    assert req.precopy == PrecopyPolicy(max_downtime_s=0.5)  # the host's defaults
+
+
+def test_api_applies_the_knobs_over_the_host_defaults(api: tuple[TestClient, FakeManager]) -> None:
+    client, mgr = api
+    body = {"flags": {}, "operands": ["ldg1", "h2"], "password": "pw", "user": "alice",
+            "props": [["bandwidth", "500M"], ["auto-converge", "off"], ["max-time", "2m"]]}  # fmt: skip
+    assert client.post("/v1/migrate", json=body).status_code == 200
+    (req,) = mgr.requests
+    assert req.precopy == PrecopyPolicy(
+        max_downtime_s=0.5, bandwidth_cap=500 * 1024 * 1024, auto_converge=False, max_time_s=120.0
+    )
+    body["props"] = [["max-downtime", "fast"]]
+    r = client.post("/v1/migrate", json=body)
+    assert r.status_code == 400 and "Invalid max-downtime 'fast'" in r.json()["message"]
+    body["props"] = [["colour", "red"]]
+    r = client.post("/v1/migrate", json=body)
+    assert r.status_code == 400 and "Invalid property 'colour' for migrate-domain" in r.json()["message"]
 
 
 @pytest.mark.parametrize(

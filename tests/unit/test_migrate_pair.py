@@ -56,6 +56,8 @@ class FakeGuests:
     calls: list[tuple[str, str]] = field(default_factory=list)
     fail_start: bool = False
     fail_suspend: bool = False
+    throttles: list[tuple[str, int]] = field(default_factory=list)
+    downtime: float = 0.004
 
     def profile(self, dom: Domain) -> tuple[GuestProfile, GuestConditions]:
         return self.profiles.get(dom.name, GuestProfile()), GuestConditions()
@@ -91,6 +93,32 @@ class FakeGuests:
         self.running_.discard(name)
         self.suspended.discard(name)
         self.memory_path(name).unlink(missing_ok=True)
+
+    # live migration
+    def dirty_path(self, name: str) -> Path:
+        return self.dir / f"{name}.dirty"
+
+    def throttle(self, name: str, percent: int) -> None:
+        self.throttles.append((name, percent))
+
+    def status(self, name: str) -> dict[str, object]:
+        return {"dirty_rate": 0.0, "suspended": name in self.suspended}
+
+    def start_standby(self, dom: Domain) -> PidRecord:
+        self.calls.append(("standby", dom.name))
+        if self.fail_start:
+            raise OpExecError(f"Guest of LDom {dom.name} failed to start: test")
+        assert self.memory_path(dom.name).exists()
+        return PidRecord(pid=os.getpid(), starttime=0, domain=dom.name)
+
+    def restore(self, name: str, cpu_state: bytes) -> float | None:
+        self.calls.append(("restore", name))
+        assert json.loads(cpu_state)["steps"] == 7
+        self.running_.add(name)
+        return self.downtime
+
+    def pid(self, name: str) -> int:
+        return os.getpid()
 
 
 @dataclass
@@ -163,6 +191,7 @@ class Pair:
             dom = s.machine.domain(name)
             assert dom.bindings is not None
             blocks = [(b.ra, b.size) for b in dom.bindings.mblocks]
+            s.guests.dirty_path(name).write_bytes(bytes(sum(n for _, n in blocks) // PAGE_SIZE))
             with GuestMemory(s.guests.memory_path(name), blocks, create=True) as mem:
                 ra0 = blocks[0][0]
                 for i, ra in enumerate((ra0, ra0 + PAGE_SIZE, ra0 + 5 * PAGE_SIZE, ra0 + 9 * M)):
@@ -276,7 +305,19 @@ def test_pair_hosts_are_ready(pair: Pair) -> None:
 def test_migration_moves_the_domain(pair: Pair, state: DomainState) -> None:
     before = pair.add_guest("ldg1", state)
     outcome = pair.migrate("ldg1")
-    assert outcome == Outcome(ok=True)
+    assert outcome.ok and not outcome.lines and outcome.record is not None
+    rec = outcome.record
+    assert (rec["domain"], rec["role"], rec["peer"], rec["kind"], rec["outcome"]) == (
+        "ldg1",
+        "source",
+        "dst",
+        state.value,
+        "completed",
+    )
+    (src_rec,) = pair.src.host.view().history
+    (dst_rec,) = pair.dst.host.view().history
+    assert src_rec.id == dst_rec.id == rec["id"]
+    assert (dst_rec.role, dst_rec.outcome) == ("target", "completed")
     assert pair.src.machine.find("ldg1") is None
     assert pair.src.stored() == pair.src.machine and pair.src.machine.spconfig_modified
     after = pair.dst.machine.domain("ldg1")
@@ -286,7 +327,9 @@ def test_migration_moves_the_domain(pair: Pair, state: DomainState) -> None:
     assert not pair.src.host.migrating and not pair.dst.host.migrating
     if state is DomainState.ACTIVE:
         assert pair.src.guests.calls == [("suspend", "ldg1"), ("destroy", "ldg1")]
-        assert pair.dst.guests.calls == [("start", "ldg1")]
+        assert pair.dst.guests.calls == [("standby", "ldg1"), ("restore", "ldg1")]
+        assert rec["downtime_s"] == dst_rec.downtime_s == 0.004 and rec["channels"] >= 1
+        assert rec["rounds"] == 1 and rec["bytes_sent"] > 4 * PAGE_SIZE
         assert after.bindings is not None and before.bindings is not None
         assert [(b.ra, b.size) for b in after.bindings.mblocks] == [
             (b.ra, b.size) for b in before.bindings.mblocks
