@@ -138,10 +138,17 @@ class Host:
                 return result.messages  # a read-only verb: nothing to write (no fsync)
             check_migration_locks(old, new, ctx, request.verb)
             undo: list[Callable[[], None]] = []
+            stops: list[str] = []
             try:
                 for effect in result.effects:
                     if isinstance(effect, CancelMigration) and self.migrations is not None:
                         cancels.append(effect)
+                        continue
+                    if isinstance(effect, StopGuest):
+                        # Guests stop only after the commit: a crash in between leaves the committed stop
+                        # and a guest whose domain is no longer active, which recovery kills. Stopping first
+                        # would let a crash turn a stop into a "guest died" (or half a `stop -a`).
+                        new = self._plan_stop(effect, old, new, stops)
                         continue
                     new = self._do_effect(effect, old, new, undo)
                 self.store.commit(new)
@@ -157,7 +164,20 @@ class Host:
                 ) from e
             self.machine = new
             log.info("%s %s: committed", request.verb, " ".join(request.operands))
+            for name in stops:
+                try:
+                    self.guests.stop(name)
+                except Exception:
+                    log.exception("guest of LDom %s did not stop; the next recovery kills it", name)
             return result.messages
+
+    def _plan_stop(self, effect: StopGuest, old: Machine, new: Machine, stops: list[str]) -> Machine:
+        before = old.find(effect.domain)
+        if before is None or before.config.is_control:
+            return new
+        stops.append(effect.domain)
+        after = new.find(effect.domain)
+        return new if after is None else put_domain(new, replace(after, guest_pid=0))
 
     def _do_effect(
         self, effect: Effect, old: Machine, new: Machine, undo: list[Callable[[], None]]
@@ -169,14 +189,6 @@ class Host:
             rec = self.guests.start(dom)
             undo.append(lambda: self.guests.stop(effect.domain))
             return put_domain(new, replace(dom, guest_pid=rec.pid))
-        if isinstance(effect, StopGuest):
-            before = old.find(effect.domain)
-            if before is None or before.config.is_control:
-                return new
-            self.guests.stop(effect.domain)
-            undo.append(lambda: self._restart_after_undo(before))
-            after = new.find(effect.domain)
-            return new if after is None else put_domain(new, replace(after, guest_pid=0))
         raise OpExecError(f"this ldmd cannot carry out the effect {type(effect).__name__} yet")
 
     def _wait_cancelled(self, cancels: list[CancelMigration]) -> tuple[str, ...]:
@@ -210,11 +222,6 @@ class Host:
                 self.store.commit(new)
                 self.machine = new
             return self.machine
-
-    def _restart_after_undo(self, dom: Domain) -> None:
-        # The stopped guest's memory is gone; a fresh guest keeps the domain active as the old state says.
-        rec = self.guests.start(dom)
-        self.machine = put_domain(self.machine, replace(dom, guest_pid=rec.pid))
 
     def _undo(self, undo: list[Callable[[], None]], verb: str) -> None:
         for step in reversed(undo):

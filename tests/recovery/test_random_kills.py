@@ -14,10 +14,8 @@ refusal.  The outcome of each command is then judged:
   one, up to what two correct runs may differ in (`canonical`: a start's clock, a new domain's UUID);
 - ldm printed a refusal: the model refused with the same message, and nothing changed;
 - ldm lost ldmd (killed mid-flight): after the restart the machine is exactly the one before (absent) or
-  the predicted one (present), never anything else.  One more outcome is accepted for `stop-domain` of a
-  guest: its guest ended and the restarted ldmd found it dead ("died while ldmd was down"), which differs
-  from the prediction only in `spconfig_modified` (ldmd stops a guest before it commits the stop; see the
-  two xfail tests below);
+  the predicted one (present), never anything else (ldmd commits a stop before it stops the guests, so a
+  kill in between is the completed stop; see the two tests below);
 - a kill between commands: after the restart, the machine is exactly the one served before the kill.
 
 After every command: the bindings invariants (`binding_problems`: nothing held twice, congruent memory,
@@ -73,13 +71,6 @@ def test_random_kills_long(kill_host: KillHost, campaign: int) -> None:
     run_campaign(kill_host, (base + campaign) % (1 << 32), steps=300)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ldoms/daemon/host.py carries out StopGuest effects before the commit: ldmd killed after stopping "
-    "one guest of `stop-domain -a` and before the next leaves the command half done (one guest bound, one "
-    "active); committing the stop first and letting recovery kill the guests of bound domains would make it "
-    "all-or-nothing",
-)
 def test_stop_all_killed_between_two_guests_is_all_or_nothing(kill_host: KillHost) -> None:
     h = kill_host
     h.make_room()
@@ -101,12 +92,6 @@ def test_stop_all_killed_between_two_guests_is_all_or_nothing(kill_host: KillHos
     assert (states["ldg1"], states["ldg2"]) in (("active", "active"), ("bound", "bound")), states
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ldoms/daemon/host.py stops the guest before it commits stop-domain; ldmd killed in between "
-    "leaves a domain the restarted ldmd reports bound as a guest that died (host.guest_gone), not as a "
-    "stop: the SP configuration is not marked modified as the completed stop marks it",
-)
 def test_a_stop_killed_before_its_commit_is_the_stop(kill_host: KillHost) -> None:
     h = kill_host
     h.make_room()

@@ -133,7 +133,9 @@ def test_failed_commit_undoes_the_effects(host: Host, monkeypatch: pytest.Monkey
     assert host.machine.domain("ldg2").state == DomainState.BOUND
 
 
-def test_failed_commit_after_a_stop_restarts_the_guest(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_commit_of_a_stop_leaves_the_guest_running(
+    host: Host, monkeypatch: pytest.MonkeyPatch
+) -> None:
     host.apply(Request(verb="start", operands=("ldg2",)))
     old_pid = host.machine.domain("ldg2").guest_pid
     monkeypatch.setattr(host.store, "commit", lambda m: (_ for _ in ()).throw(RuntimeError("io error")))
@@ -141,7 +143,20 @@ def test_failed_commit_after_a_stop_restarts_the_guest(host: Host, monkeypatch: 
         host.apply(Request(verb="stop", operands=("ldg2",)))
     d = host.machine.domain("ldg2")
     rec = host.guests.find("ldg2")
-    assert d.state == DomainState.ACTIVE and rec is not None and d.guest_pid == rec.pid != old_pid
+    # The guest is stopped only after the commit: a failed commit never touched it.
+    assert d.state == DomainState.ACTIVE and rec is not None and d.guest_pid == rec.pid == old_pid
+
+
+def test_a_stop_commits_before_the_guest_is_stopped(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    host.apply(Request(verb="start", operands=("ldg2",)))
+    order: list[str] = []
+    real_commit, real_stop = host.store.commit, host.guests.stop
+    monkeypatch.setattr(host.store, "commit", lambda m: (order.append("commit"), real_commit(m))[1])
+    monkeypatch.setattr(host.guests, "stop", lambda name: (order.append(f"stop {name}"), real_stop(name))[1])
+    host.apply(Request(verb="stop", operands=("ldg2",)))
+    assert order == ["commit", "stop ldg2"]
+    assert host.guests.find("ldg2") is None
+    assert stored(host).domain("ldg2").state == DomainState.BOUND
 
 
 def test_unknown_effect_is_refused(host: Host) -> None:
