@@ -115,6 +115,26 @@ def test_commit_writes_only_rows_that_changed(tmp_path: Path) -> None:
     assert any("ldg1" in q for q in writes)
 
 
+def test_commit_encodes_only_the_domains_that_are_new_objects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ldoms.store import db
+
+    s = Store(tmp_path / "state.db")
+    m = machine()
+    s.create_host(m, listen="127.0.0.1:8101")
+    m2 = m.with_domain(replace(m.domain("ldg1"), softstate="x"))
+    s.commit(m2)  # fills the cache with this machine's domains
+    encoded: list[str] = []
+    real = db._dump
+    monkeypatch.setattr(db, "_dump", lambda v: (encoded.append(getattr(v, "name", "?")), real(v))[1])
+    m3 = m2.with_domain(replace(m2.domain("ldg1"), softstate="y"))
+    s.commit(m3)
+    assert encoded == ["ldg1"]  # the unchanged domains (and SP configurations) were not re-encoded
+    s.close()
+    assert Store(tmp_path / "state.db").load().machine == m3
+
+
 def test_failed_commit_changes_nothing(tmp_path: Path) -> None:
     s = Store(tmp_path / "state.db")
     m = machine()
