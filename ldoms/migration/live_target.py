@@ -168,7 +168,11 @@ class DataPlaneImage:
         offered = offer.get("channels")
         frame_bytes = offer.get("frame_bytes", DEFAULT_FRAME_BYTES)
         if not isinstance(offered, int) or not isinstance(frame_bytes, int) or offered < 1:
-            raise TransferError(f"the source's data-plane offer is malformed: {dict(offer)!r:.200}")
+            # Name the fields, never the whole offer: it carries the per-migration secret.
+            raise TransferError(
+                "the source's data-plane offer is malformed: channels must be a positive whole number "
+                f"(got {offered!r:.40}) and frame_bytes a whole number (got {frame_bytes!r:.40})"
+            )
         ranges = _ranges(offer.get("data_ranges"), size)
         self.path = path
         self.size = size

@@ -97,12 +97,6 @@ def test_a_silent_stranger_does_not_hold_the_channels_back() -> None:
             s.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a malformed data-plane offer is refused with a message that quotes the offer, "
-    "secret included; the message reaches the source, both logs and both migration histories (state.db). "
-    "The secret is then useless (the migration fails before any frame), but it is written down",
-)
 def test_the_secret_never_appears_in_an_error_message(tmp_path: Path) -> None:
     secret = new_secret()
     with pytest.raises(TransferError) as refused:
