@@ -33,7 +33,7 @@ from ldoms.cli.client import Client
 from ldoms.cli.parse import parse_args, synopsis
 from ldoms.cli.progress import ProgressDisplay, should_show
 from ldoms.daemon.home import HOME_ENV, resolve_home
-from ldoms.errors import LdmError, UsageError
+from ldoms.errors import LdmError, UsageError, one_line
 from ldoms.model.view import HostView
 from ldoms.ops.base import REGISTRY, OpContext, Operation, Request, VerbSpec, lookup
 
@@ -263,8 +263,15 @@ def run_migrate(client: Client, op: Operation, request: Request, out: Any, err: 
         _quiet_write(out, json.dumps(verdict, indent=2) + "\n")
         return 0 if ok else int(result.get("exit_code") or 1)
     for line in result.get("lines", []):
-        _quiet_write(err, str(line).rstrip("\n") + "\n")
+        _quiet_write(err, printable(str(line)))
     return 0 if ok else int(result.get("exit_code") or 1)
+
+
+def printable(text: str) -> str:
+    """Text that came from ldmd (and maybe from a peer through it) as it may reach a terminal: LDoms'
+    line breaks kept, every other control character escaped, so a peer cannot retitle, clear or recolour the
+    administrator's terminal."""
+    return "".join(one_line(part) + "\n" for part in text.rstrip("\n").split("\n"))
 
 
 def _progress_label(args: MigrateArgs) -> str:
@@ -328,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except LdmError as e:
         out.flush()
-        err.write(e.message.rstrip("\n") + "\n")
+        err.write(printable(e.message))
         return e.exit_code
     except KeyboardInterrupt:
         err.write("Interrupted\n")

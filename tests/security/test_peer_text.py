@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from ldoms.migration.events import Auth, AuthResult, Hello, Role
 from ldoms.migration.protocol import MigrationConnection
 from ldoms.peer.link import PeerLink
@@ -32,11 +30,6 @@ def refuse_with_escapes(link: PeerLink) -> None:
     link.send_frame(conn.send(AuthResult(ok=False, reason=f"Authentication failed {ESCAPES}on fake")))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: reasons and findings a (verified) target sends are printed by ldm as they came, "
-    "terminal control sequences included; they are not passed through errors.one_line",
-)
 def test_a_peers_text_reaches_the_terminal_as_one_printable_line(
     hosts: Callable[..., LdmHost], tmp_path: Path
 ) -> None:
