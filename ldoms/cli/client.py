@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import socket
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,8 +55,26 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
+        check_owner(self._path, os.stat(self._path).st_uid, "socket")
         self.sock = connect_unix(self._path, timeout=CONNECT_TIMEOUT_S)
+        # The process behind the socket gets the target password: it must be ours (or root's).
+        creds = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        check_owner(self._path, uid, "ldmd serving it")
         self.sock.settimeout(None)
+
+
+class ForeignSocket(errors.DaemonUnavailable):
+    code = "foreign-socket"
+
+
+def check_owner(path: Path, uid: int, what: str) -> None:
+    """Refuse a control socket that another user owns or serves (a mistyped or shared LDM_HOME)."""
+    if uid not in (os.getuid(), 0):
+        raise ForeignSocket(
+            f"Refusing to talk to {path}: the {what} belongs to uid {uid}, not to you (uid {os.getuid()}) "
+            "or root"
+        )
 
 
 class Client:

@@ -142,11 +142,6 @@ def test_the_control_socket_is_never_open_to_others_even_for_an_instant(
 
 
 @needs_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: ldm trusts whatever listens on HOME/ldmd.sock; it does not check that the socket "
-    "(and so the daemon that gets the target password) belongs to the invoking user or root",
-)
 def test_ldm_refuses_a_control_socket_owned_by_another_user(exposed_host: LdmHost) -> None:
     h = exposed_host
     h.start_ldmd()
@@ -154,3 +149,4 @@ def test_ldm_refuses_a_control_socket_owned_by_another_user(exposed_host: LdmHos
     os.chown(h.home / "ldmd.sock", NOBODY, NOBODY)
     r = subprocess.run([LDM, "--home", str(h.home), "ls"], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "primary" not in r.stdout, (r.returncode, r.stdout, r.stderr)
+    assert "Refusing to talk to" in r.stderr and f"uid {NOBODY}" in r.stderr, r.stderr

@@ -182,3 +182,14 @@ def test_usage_lines_split_only_whole_alternatives() -> None:
     assert ldm._usage_lines(spec) == ["add-memory size ldom", "add-memory mblock=PA:size ldom"]
     spec = VerbSpec(name="cancel-operation", usage="cancel-operation (migration | reconf) ldom")
     assert ldm._usage_lines(spec) == ["cancel-operation (migration | reconf) ldom"]
+
+
+def test_a_socket_or_daemon_of_another_user_is_refused(tmp_path: Path) -> None:
+    import os
+
+    from ldoms.cli.client import ForeignSocket, check_owner
+
+    check_owner(tmp_path / "ldmd.sock", os.getuid(), "socket")  # ours: fine
+    check_owner(tmp_path / "ldmd.sock", 0, "ldmd serving it")  # root's: fine
+    with pytest.raises(ForeignSocket, match=r"the ldmd serving it belongs to uid 4242, not to you"):
+        check_owner(tmp_path / "ldmd.sock", 4242, "ldmd serving it")
