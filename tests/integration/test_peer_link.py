@@ -79,8 +79,8 @@ class Hosts:
     dst_id: tls.HostTls
 
 
-@pytest.fixture
-def hosts(tmp_path: Path) -> Hosts:
+def make_hosts(tmp_path: Path) -> Hosts:
+    """Two homes with TLS identities (also used by tests/security)."""
     src, dst = tmp_path / "hosta", tmp_path / "hostb"
     return Hosts(
         src=src,
@@ -88,6 +88,11 @@ def hosts(tmp_path: Path) -> Hosts:
         src_id=tls.ensure_host_tls(src, "hosta", "127.0.0.1:6482"),
         dst_id=tls.ensure_host_tls(dst, "hostb", "127.0.0.1:6482"),
     )
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Hosts:
+    return make_hosts(tmp_path)
 
 
 @pytest.fixture

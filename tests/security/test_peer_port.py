@@ -12,25 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from ldoms.peer import tls, trust
+from ldoms.peer import trust
 from ldoms.peer.errors import PeerUntrusted
 from ldoms.peer.link import GREETING, LENGTH, connect_peer
 from ldoms.peer.listener import PeerListener
 from tests.integration.conftest import LdmHost
 from tests.integration.test_migrate_e2e import environment, hooks_env
-from tests.integration.test_peer_link import WAIT, Hosts, Recorder, ca_pem, ca_sign, make_ca
+from tests.integration.test_peer_link import WAIT, Hosts, Recorder, ca_pem, ca_sign, make_ca, make_hosts
 
 
 @pytest.fixture
 def peer_hosts(tmp_path: Path) -> Hosts:
-    """Two homes with TLS identities (as tests/integration/test_peer_link.py's `hosts`)."""
-    src, dst = tmp_path / "hosta", tmp_path / "hostb"
-    return Hosts(
-        src=src,
-        dst=dst,
-        src_id=tls.ensure_host_tls(src, "hosta", "127.0.0.1:6482"),
-        dst_id=tls.ensure_host_tls(dst, "hostb", "127.0.0.1:6482"),
-    )
+    """Two homes with TLS identities (named apart from the integration suite's `hosts` fixture)."""
+    return make_hosts(tmp_path)
 
 
 @pytest.fixture

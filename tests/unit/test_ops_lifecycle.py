@@ -5,43 +5,17 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from ops_world import CTX, do, ok, shrunk  # tests/unit is on sys.path (rootdir import)
 
-from ldoms.binding import factory_default, free_strands
+from ldoms.binding import free_strands
 from ldoms.errors import BusyError, NotFoundError, OpPrereqError, ResourceError, StateError, UsageError
 from ldoms.model.domain import DomainConfig, DomainState, MigrationRole
 from ldoms.model.machine import Machine
-from ldoms.model.platforms import load_platform
 from ldoms.model.xmlio import constraints_to_xml
-from ldoms.ops.base import OpContext, OpResult, Request, StartGuest, StopGuest, lookup, run
+from ldoms.ops.base import StartGuest, StopGuest
 from ldoms.units import G
 
-CTX = OpContext(now=1000.0, random_seed=7)
 MIGRATING = replace(CTX, migrating={"ldg9": "to host2"})
-
-
-def do(m: Machine, verb: str, *words: str, ctx: OpContext = CTX, **value_flags: str) -> OpResult:
-    spec = lookup(verb).spec
-    props, operands, flags = [], [], {f"-{k}": v for k, v in value_flags.items()}
-    for w in words:
-        key, sep, value = w.partition("=")
-        if sep and key in spec.props:
-            props.append((key, value))
-        elif w.startswith("-") and len(w) == 2:
-            flags[w] = True
-        else:
-            operands.append(w)
-    return run(m, Request(verb=verb, flags=flags, props=tuple(props), operands=tuple(operands)), ctx)
-
-
-def ok(m: Machine, verb: str, *words: str, ctx: OpContext = CTX, **value_flags: str) -> Machine:
-    return do(m, verb, *words, ctx=ctx, **value_flags).machine
-
-
-def shrunk() -> Machine:
-    m = factory_default(load_platform("t5240"), "host1", seed=1)
-    for verb, n in (("set-mau", "1"), ("set-vcpu", "8"), ("set-mem", "4G")):
-        m = ok(m, verb, n, "primary")
-    return ok(m, "stop", "primary")
 
 
 BASE = shrunk()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from ops_world import CTX  # tests/unit is on sys.path (rootdir import)
 
 from ldoms.binding import factory_default
 from ldoms.errors import BusyError, NotFoundError, OpPrereqError, ResourceError, StateError, UsageError
@@ -16,8 +17,6 @@ from ldoms.ops import reconf
 from ldoms.ops.base import CancelMigration, OpContext, OpResult, Request, StartGuest, lookup, run
 from ldoms.ops.common import DR_FIRST_NOTICE, DR_NOTICE
 from ldoms.units import G, M
-
-CTX = OpContext(now=1000.0, random_seed=7)
 
 
 def fresh() -> Machine:

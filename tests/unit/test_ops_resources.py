@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from ops_world import CTX, shrunk  # tests/unit is on sys.path (rootdir import)
 
-from ldoms.binding import factory_default
 from ldoms.errors import (
     AlreadyExistsError,
     BusyError,
@@ -18,12 +18,10 @@ from ldoms.errors import (
 )
 from ldoms.model.domain import DomainState, NamedMblock
 from ldoms.model.machine import Machine
-from ldoms.model.platforms import load_platform
 from ldoms.ops.base import OpContext, OpResult, Request, lookup, run
 from ldoms.ops.common import DR_FIRST_NOTICE
 from ldoms.units import G, M
 
-CTX = OpContext(now=1000.0, random_seed=7)
 MIGRATING = replace(CTX, migrating={"ldg1": "to host2"})
 
 
@@ -43,13 +41,6 @@ def do(m: Machine, verb: str, *words: str, ctx: OpContext = CTX) -> OpResult:
 
 def ok(m: Machine, verb: str, *words: str, ctx: OpContext = CTX) -> Machine:
     return do(m, verb, *words, ctx=ctx).machine
-
-
-def shrunk() -> Machine:
-    m = factory_default(load_platform("t5240"), "host1", seed=1)
-    for verb, n in (("set-mau", "1"), ("set-vcpu", "8"), ("set-mem", "4G")):
-        m = ok(m, verb, n, "primary")
-    return ok(m, "stop", "primary")
 
 
 BASE = shrunk()
