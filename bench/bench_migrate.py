@@ -8,7 +8,8 @@ follow primary's crypto units and vCPUs, SPEC 2.2), then each case starts a gues
 with `ldm migrate-domain`, reads the figures and removes it from the target:
 
   baseline     the same bytes as the random guest's memory sent over two plain, unencrypted TCP streams into
-               pre-touched memory in another process (what the data plane is measured against)
+               another process, which writes them into a new file as a migration's target does (what the
+               targets use); and again into memory it pre-touched before the clock started (for reference)
   random       an idle guest whose memory is all random (workload fill-random): total time, downtime, ratio
   idle         an idle guest that never touched its memory: downtime
   dirty        a guest writing 256 MiB/s over a 512 MiB working set: downtime, rounds
@@ -147,22 +148,29 @@ def kill_leftovers(root: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------- baseline
-def _receiver(port: int, target: str, size: int, streams: int, conn: Any) -> None:
+def _receiver(port: int, target: str, size: int, streams: int, fresh: bool, conn: Any) -> None:
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(streams)]
+    share = size // streams
+    bounds = [(k * share, size if k == streams - 1 else (k + 1) * share) for k in range(streams)]
     with open(target, "r+b") as f, mmap.mmap(f.fileno(), size) as mm:
         view = memoryview(mm)
-        for off in range(0, size, mmap.PAGESIZE):  # pre-touched, as the engine's target memory may be
-            view[off] = 0
-        share = size // streams
-        parts = [view[k * share : size if k == streams - 1 else (k + 1) * share] for k in range(streams)]
+        if not fresh:
+            for off in range(0, size, mmap.PAGESIZE):  # pre-touched, outside the clock
+                view[off] = 0
 
         def pull(k: int) -> None:
-            buf = parts[k]
-            pos = 0
-            while pos < len(buf):
-                got = socks[k].recv_into(buf[pos:])
+            lo, hi = bounds[k]
+            # fresh: into a new file, as a migration's target image is (the fastest plain way: pwrite from a
+            # reused buffer allocates each page without zeroing or mapping it first); else into the mapping
+            chunk = memoryview(bytearray(4 << 20)) if fresh else None
+            pos = lo
+            while pos < hi:
+                buf = chunk[: min(len(chunk), hi - pos)] if chunk is not None else view[pos:hi]
+                got = socks[k].recv_into(buf)
                 if not got:
                     raise EOFError("a baseline stream ended early")
+                if chunk is not None:
+                    os.pwrite(f.fileno(), chunk[:got], pos)
                 pos += got
 
         conn.send("ready")
@@ -172,21 +180,20 @@ def _receiver(port: int, target: str, size: int, streams: int, conn: Any) -> Non
         for t in threads:
             t.join()
         conn.send(time.monotonic())
-        for part in parts:
-            part.release()
         view.release()  # the mapping can close now
 
 
-def baseline(source: Path, size: int, scratch: Path, streams: int = 2) -> float:
-    """Seconds to send `source`'s first `size` bytes over `streams` plain TCP streams into another process's
-    pre-touched memory (the clock starts once the receiver is connected and ready)."""
+def baseline(source: Path, size: int, scratch: Path, *, fresh: bool, streams: int = 2) -> float:
+    """Seconds to send `source`'s first `size` bytes over `streams` plain TCP streams into another process:
+    into a new file (`fresh`, as a migration's target image is new) or into memory pre-touched before the
+    clock starts (the clock starts once the receiver is connected and ready)."""
     target = scratch / "baseline.mem"
     with open(target, "wb") as f:
         f.truncate(size)
     lst = socket.create_server(("127.0.0.1", 0), backlog=streams)
     parent, child = mp.Pipe()
     proc = mp.get_context("spawn").Process(
-        target=_receiver, args=(lst.getsockname()[1], str(target), size, streams, child)
+        target=_receiver, args=(lst.getsockname()[1], str(target), size, streams, fresh, child)
     )
     proc.start()
     try:
@@ -417,22 +424,23 @@ def main(argv: list[str] | None = None) -> int:
     root = bench_root()
     bench = Bench(root)
     started = time.monotonic()
-    base_s: list[float] = []
+    base_s: list[float] = []  # into a fresh file (what the targets use), then into pre-touched memory
     results: dict[str, Result] = {}
     try:
         print(f"two hosts on loopback, homes in {root}; {os.cpu_count()} CPUs", flush=True)
         bench.setup()
 
         def measure_baseline(name: str) -> None:
-            base_s.append(baseline(bench.src.home / "guests" / f"{name}.mem", size, root))
-            print(f"baseline: {format_size(size)} over 2 plain TCP streams: {duration(base_s[0])} "
-                  f"({approx_size(size / base_s[0])}/s)", flush=True)  # fmt: skip
+            for fresh, into in ((True, "a new file"), (False, "pre-touched memory")):
+                base_s.append(baseline(bench.src.home / "guests" / f"{name}.mem", size, root, fresh=fresh))
+                print(f"baseline: {format_size(size)} over 2 plain TCP streams into {into}: "
+                      f"{duration(base_s[-1])} ({approx_size(size / base_s[-1])}/s)", flush=True)  # fmt: skip
 
         for case, before in ((random, measure_baseline), (idle, None), (dirty, None), (sparse, None),
                              (small, None)):  # fmt: skip
             results[case.name] = res = bench.run(case, before)
             print(f"  {case.name}: {duration(res.total_s)}", flush=True)
-        if not args.quick:
+        if not args.quick and (results["random"].channels or 0) > 1:
             bench.set_channels(maus=0)  # primary without crypto units on both hosts: one channel
             one = Case("random-1ch", size, "random", variables=random.variables)
             results[one.name] = res = bench.run(one)
@@ -458,6 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     rounds = results["dirty"].rounds
     sparse_ratio = results["sparse"].total_s / results["small"].total_s
     gb = format_size(size)
+    if len(base_s) > 1:
+        print(f"(into pre-touched memory the baseline took {duration(base_s[1])}: the random case is "
+              f"{r.total_s / base_s[1]:.1f}x that; the target is held to the new-file baseline, as a "
+              "migration's target image is new)")  # fmt: skip
     targets = [
         Target(f"{gb} random: total time / baseline", r.total_s / b if b else None, MAX_RATIO_TO_BASELINE),
         Target(f"{gb} random: downtime", r.downtime_s, MAX_IDLE_DOWNTIME_S, unit="s"),
@@ -468,9 +480,11 @@ def main(argv: list[str] | None = None) -> int:
                MAX_SPARSE_RATIO),
     ]
     if not args.quick:
-        targets.append(
-            Target("2 channels vs 1: speed-up", speedup, MIN_CHANNEL_SPEEDUP, higher_is_better=True)
-        )
+        what = "2 channels vs 1: speed-up"
+        if r.channels == 1:  # side_channels: a channel needs two cores
+            what += (f" (not measurable here: {os.cpu_count()} cores run one channel; the CPU-bound stage's "
+                     "scaling is Table 2 of bench/bench_dataplane.py)")  # fmt: skip
+        targets.append(Target(what, speedup, MIN_CHANNEL_SPEEDUP, higher_is_better=True))
     print("\ntargets:")
     for t in targets:
         print(t.line())

@@ -20,13 +20,21 @@ Public interface (implemented in the submodules, re-exported here):
   whose RAs and sizes are fixed (migration, SPEC §3.1); raises `MemoryFitError` (a `ResourceError`)
   `Unable to bind 2G memory region at real address 0x8000000` on the first block that does not fit.
 - `allocate_mac(machine, *, taken=()) -> int`: a free MAC from the platform's automatic pool, unique over
-  every domain, vnet and vsw (and `taken`).
+  every domain, vnet and vsw (and `taken`), avoiding the MACs of domains that migrated away
+  (`machine.departed_macs`) while others are free.
+- `remember_departed(machine, domain) -> Machine`: note the MACs of a domain that now lives on another host.
 - `factory_default(platform, host_name, *, seed=None) -> Machine`: the control domain `primary` owning every
   strand, MAU, non-reserved memory range (RA = PA) and PCIe bus, active, console `SP`.
 """
 
 from ldoms.binding.bind import bind_domain, rebind_domain
-from ldoms.binding.factory import MAC_POOL_SIZE, allocate_mac, factory_default, macs_in_use
+from ldoms.binding.factory import (
+    MAC_POOL_SIZE,
+    allocate_mac,
+    factory_default,
+    macs_in_use,
+    remember_departed,
+)
 from ldoms.binding.held import free_maus, free_memory, free_strands
 from ldoms.binding.memory import GUEST_RA_BASE, MEM_ALIGN, MIN_MEMORY, MemoryFitError, fit_blocks
 
@@ -45,4 +53,5 @@ __all__ = [
     "free_strands",
     "macs_in_use",
     "rebind_domain",
+    "remember_departed",
 ]

@@ -221,6 +221,7 @@ def serve(
     recovered = recover(recovered, guests, now=time.time())
     if recovered != machine:
         store.commit(recovered)
+    guests.warm_up()  # the zygote starts beside the API: the first guest start does not wait for it
     host = Host(machine=recovered, store=store, guests=guests, listen=listen)
     policy = MigrationPolicy.with_hooks(TestHooks.from_env())
     manager = MigrationManager(
@@ -229,7 +230,9 @@ def serve(
     host.migrations = manager
     manager.recover()
     ensure_host_tls(home.path, recovered.host_name, listen)
-    peers = PeerListener(home.path, listen, manager.handle_peer)  # a port in use is reported here
+    # A port in use is reported here.  connect_s bounds the whole unauthenticated phase of a peer (TLS,
+    # Hellos, Auth), not each read: trickling cannot hold one of its slots (SECURITY.md, "The peer port").
+    peers = PeerListener(home.path, listen, manager.handle_peer, login_timeout=policy.connect_s)
     try:
         _serve_api(home, host, peers.start())
     finally:
@@ -278,6 +281,7 @@ def _serve_api(home: Home, host: Host, peers: PeerListener) -> None:
         sock.close()
         home.sock.unlink(missing_ok=True)
         guests.forget_children()
+        guests.stop_zygote()
         log.info("stopped (guests keep running)")
 
 

@@ -76,7 +76,9 @@ class GuestOps:
         return self.guests.find(name) is not None
 
     def destroy(self, name: str) -> None:
-        self.guests.stop(name)
+        """The copy a migration leaves behind (suspended, or a target's discarded standby): killed, not
+        stopped gracefully, and not waited for (`GuestSupervisor.discard`)."""
+        self.guests.discard(name)
 
     # ------------------------------------------------------------------ live migration
     def dirty_path(self, name: str) -> Path:

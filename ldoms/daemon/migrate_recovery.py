@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from ldoms.errors import LdmError, OpExecError
 from ldoms.hv.supervisor import GuestSupervisor
-from ldoms.migration.engine_common import drop_domain, put_domain
+from ldoms.migration.engine_common import depart_domain, drop_domain, put_domain
 from ldoms.migration.engine_source import RECOVERY_USER_PREFIX, platform_facts
 from ldoms.migration.events import (
     Abort,
@@ -179,7 +179,7 @@ def _destroy_copy(manager: MigrationManager, name: str) -> None:
         return
     if dom.state is DomainState.ACTIVE and not dom.config.is_control:
         manager.guests.destroy(name)
-    manager.host.change(lambda m: replace(drop_domain(m, name), spconfig_modified=True))
+    manager.host.change(lambda m: replace(depart_domain(m, name), spconfig_modified=True))
 
 
 def _resume_copy(manager: MigrationManager, name: str, rec: JournalRecord | None = None) -> None:

@@ -58,3 +58,21 @@ def connect_unix(path: Path, timeout: float | None = None) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class LineTooLong(ValueError):
+    pass
+
+
+def read_line(sock: socket.socket, limit: int) -> bytes:
+    """Bytes up to and including the first newline (or to the end of the stream), at most `limit` of them
+    (LineTooLong beyond): the answer of a one-request-per-connection JSON socket."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > limit:
+            raise LineTooLong(f"answer longer than {limit} bytes")
+    return data

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ldoms.daemon.sockpath import connect_unix
+from ldoms.daemon.sockpath import LineTooLong, connect_unix, read_line
 from ldoms.hv.files import GuestFiles
 from ldoms.hv.supervisor import GuestError
 
@@ -50,14 +50,9 @@ class GuestControl:
         try:
             with connect_unix(self.files.ctl, timeout=timeout) as s:
                 s.sendall(line)
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                    if len(data) > MAX_REPLY:
-                        raise GuestControlError(self.domain, cmd, f"answer longer than {MAX_REPLY} bytes")
+                data = read_line(s, MAX_REPLY)
+        except LineTooLong as e:
+            raise GuestControlError(self.domain, cmd, str(e)) from None
         except FileNotFoundError:
             raise GuestControlError(
                 self.domain, cmd, f"the guest is not running (no control socket {self.files.ctl})"

@@ -53,7 +53,7 @@ class GuestFiles:
                 domain=str(doc["domain"]),
                 downtime=None if downtime is None else float(downtime),
             )
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # a non-object is no record
             return None
 
     def remove_runtime(self, *, keep_memory: bool = False) -> None:

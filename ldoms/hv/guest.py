@@ -267,6 +267,7 @@ class Guest:
             self.resume_after_restore()  # before the pid file: start() returns the downtime
         elif not self.suspended:
             self.pacer.start(time.monotonic())
+        self._hold("guest:ready")
         self._write_pidfile()
         self.profile(strict=False)  # deferred by an incoming guest until it runs
         while not self.stopping:
@@ -286,6 +287,19 @@ class Guest:
         sel.close()
         rsock.close()
         wsock.close()
+
+    def _hold(self, point: str) -> None:
+        """Test hook: `LDMD_TEST_HOOKS` {"pause": {"guest:ready": SECONDS}} (inherited from ldmd) holds the
+        guest before it says it is ready, so a test can kill ldmd in the middle of a start."""
+        try:
+            seconds = float(json.loads(os.environ.get("LDMD_TEST_HOOKS") or "{}").get("pause", {})[point])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return
+        print(f"guest {self.domain}: test hook: holding {seconds:g} s at {point}", file=sys.stderr)
+        sys.stderr.flush()
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def close(self) -> None:
         self.ctl.close()
@@ -403,8 +417,15 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m ldoms.hv.guest", description="An LDoms guest (started by ldmd)."
     )
     ap.add_argument("--dir", required=True, help="the host's guests directory")
-    ap.add_argument("--domain", required=True, help="the domain this guest runs")
+    who = ap.add_mutually_exclusive_group(required=True)
+    who.add_argument("--domain", help="the domain this guest runs")
+    who.add_argument("--zygote", action="store_true", help="fork guests on request (ldoms.hv.zygote)")
+    ap.add_argument("--room", help=argparse.SUPPRESS)  # the zygote's: room for its guests' command lines
     args = ap.parse_args(argv)
+    if args.zygote:
+        from ldoms.hv.zygote import serve
+
+        return serve(Path(args.dir))
     os.chdir(args.dir)
     files = GuestFiles(Path("."), args.domain)
     guest: Guest | None = None

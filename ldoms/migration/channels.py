@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import mmap
 import multiprocessing
 import os
 import socket
@@ -72,6 +73,11 @@ class Workers(enum.StrEnum):
     AUTO = "auto"
     THREADS = "threads"
     PROCESSES = "processes"
+
+
+def _unmap(mapping: mmap.mmap) -> None:
+    with contextlib.suppress(BufferError):
+        mapping.close()
 
 
 def choose_workers(asked: Workers | str, nchannels: int, memory_is_file: bool, cpus: int) -> Workers:
@@ -160,8 +166,8 @@ class _Plane:
         self._mapping = None
         if isinstance(memory, MemoryFile):
             size = memory.size
-            if mode is Workers.THREADS:
-                self._mapping = memory.map(writable=self._role == "receiver")
+            if mode is Workers.THREADS and self._role != "receiver":  # receivers pwrite (lanes.FileSink)
+                self._mapping = memory.map(writable=False)
                 memory = self._mapping
         else:
             size = memoryview(memory).nbytes
@@ -255,9 +261,11 @@ class _Plane:
                     lane.runner.join()
                 lane.runner.close()
             lane.sock.close()
-        if self._mapping is not None:
-            with contextlib.suppress(BufferError):
-                self._mapping.close()
+        mapping, self._mapping = self._mapping, None
+        if mapping is not None:
+            # Unmapping a GiB takes tens of milliseconds: on the source that would fall into the guest's pause
+            # (the plane closes between the final round and FinalState), so it happens beside it.
+            threading.Thread(target=_unmap, args=(mapping,), name="dataplane-unmap", daemon=True).start()
         self._released.set()
 
     def _enter(self) -> None:

@@ -31,6 +31,12 @@ class ChannelClosed(DataPlaneError):
     code = "dataplane-closed"
 
 
+class NoSpace(DataPlaneError):
+    """The filesystem holding the target's image is full (a lane's write failed with ENOSPC)."""
+
+    code = "no-space"
+
+
 class RoundTimeout(DataPlaneError):
     """A round (or the goodbye) did not complete within the caller's deadline; the plane is aborted."""
 

@@ -11,6 +11,9 @@ channels of one migration, never share a key even if a secret were reused by mis
                 sent in each channel's hello so a receiver holding another secret says "wrong key" rather
                 than "tampered" (it reveals nothing of the keys: HKDF outputs are independent)
     key[c]    = HKDF(secret, salt=tag, info="ldoms-dataplane-v1 source->target channel" || c)
+    preamble  = HKDF(secret, salt=tag, info="ldoms-dataplane-v1 channel preamble")
+                the HMAC key of each channel's preamble (`dataplane_link`): only the two daemons can
+                claim a channel of the data port
 
 The 96-bit GCM nonce of frame number `seq` on channel `c` is c (32 bits) || seq (64 bits).  `seq` starts at
 0 with the channel's hello and grows by one per frame; a channel that would pass 2**64 - 1 refuses to send
@@ -64,6 +67,10 @@ class KeySchedule:
         self._secret = bytes(secret)
         self.tag = migration_tag(migration_id)
         self.key_id = _hkdf(self._secret, self.tag, b"key-id", KEY_ID_BYTES)
+
+    def preamble_key(self) -> bytes:
+        """The key that authenticates the channels' preambles (HMAC-SHA256)."""
+        return _hkdf(self._secret, self.tag, b"channel preamble", 32)
 
     def channel_key(self, channel: int) -> bytes:
         if not 0 <= channel < MAX_CHANNELS:

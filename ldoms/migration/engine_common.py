@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from ldoms.binding import remember_departed
 from ldoms.checks.facts import GuestConditions, GuestProfile
 from ldoms.checks.failure import CheckFailure
 from ldoms.hv.files import PidRecord
@@ -100,6 +101,14 @@ def add_domain(machine: Machine, dom: Domain) -> Machine:
 
 def drop_domain(machine: Machine, name: str) -> Machine:
     return replace(machine, domains=tuple(d for d in machine.domains if d.name != name))
+
+
+def depart_domain(machine: Machine, name: str) -> Machine:
+    """Remove the source copy of a domain that now lives on its target: its MACs are remembered, so this
+    host's automatic pool does not hand them out again (they would collide there)."""
+    dom = machine.find(name)
+    kept = drop_domain(machine, name)
+    return kept if dom is None else remember_departed(kept, dom)
 
 
 def finding(f: CheckFailure) -> dict[str, str]:

@@ -47,7 +47,7 @@ from ldoms.checks.facts import SourceFacts
 from ldoms.checks.failure import CheckReport
 from ldoms.errors import AuthError, BusyError, LdmError
 from ldoms.migration.checkwire import build_check_request, mode_of
-from ldoms.migration.engine_common import LDM_VERSION, EngineDeps, drop_domain, finding, put_domain
+from ldoms.migration.engine_common import LDM_VERSION, EngineDeps, depart_domain, finding, put_domain
 from ldoms.migration.events import (
     Abort,
     Auth,
@@ -273,11 +273,13 @@ class SourceEngine(SourceTransfer, SourceEnd):
         self._send(CommitRequest(mode=mode))
         resumed = self._expect(Resumed)
         assert isinstance(resumed, Resumed)
+        self.deps.policy.hooks.at("source:confirmed", self.run_state.cancelled)
         downtime = resumed.measured.get("downtime_s")
         if isinstance(downtime, int | float):
             self.stats["downtime_s"] = float(downtime)
         self.run_state.set_progress(99)
         self._destroy_source()
+        self.deps.policy.hooks.at("source:cleanup", self.run_state.cancelled)
         assert self.chan is not None
         self.chan.try_send(HandoffDone())
         self._close()
@@ -299,6 +301,7 @@ class SourceEngine(SourceTransfer, SourceEnd):
             self.req.target_host,
             certificate_mode=self.req.certificate,
             timeout=policy.connect_s,
+            busy_retry_s=policy.connect_s / 3,  # a target receiving a burst of migrations may be at its limit
         )
         self.conn = MigrationConnection(Role.SOURCE)
         self.chan = ControlChannel(
@@ -370,7 +373,7 @@ class SourceEngine(SourceTransfer, SourceEnd):
 
         def drop(m: Machine) -> Machine:
             self.deps.host.migrating.pop(self.name, None)
-            return replace(drop_domain(m, self.name), spconfig_modified=True)
+            return replace(depart_domain(m, self.name), spconfig_modified=True)  # its MACs are in use there
 
         self.deps.host.change(drop)
         self.claimed = False

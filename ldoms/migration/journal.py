@@ -18,8 +18,11 @@ atomically (write, fsync, rename, fsync the directory), so a crash leaves the ol
 mix.  A file's name is a hash of the migration id, so a peer's id never becomes a path.  Saving an unchanged
 record is a no-op (no fsync per page batch).  Settled records are pruned beyond `KEEP` files.
 
-The directory also holds the staging memory images of incoming active migrations (`image_path`): outside the
-guests directory, so ldmd's guest recovery at start never takes one for a dead guest's leftover.
+The staging memory images of incoming active migrations (`image_path`) live in `HOME/guests/.incoming`: on
+the guests' filesystem, so that moving an image between the guests directory and the staging area is always
+a rename (a guests directory mounted from another filesystem made it fail with EXDEV, and a crashed target
+then lost the image it had promised to keep), and in a subdirectory, which ldmd's guest recovery at start
+never takes for a dead guest's leftover (it looks at the guests directory's own files only).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from ldoms.peer.files import atomic_write
 log = logging.getLogger("ldmd.migration.journal")
 
 DIR_NAME = "migrations"
+STAGING_DIR = ".incoming"  # in the guests directory (see the module docstring)
 KEEP = 200  # settled records kept for RecoveryQuery answers and post-mortems; the oldest go first
 
 
@@ -66,14 +70,15 @@ def _key(migration_id: str, role: Role) -> str:
 
 
 class JournalStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, images: Path | None = None) -> None:
         self.dir = directory
+        self.images = directory if images is None else images  # where incoming images are staged
         self._last: dict[str, str] = {}  # file key -> text last written (skip unchanged saves)
         self._lock = threading.Lock()
 
     @classmethod
     def in_home(cls, home: Path) -> JournalStore:
-        return cls(home / DIR_NAME)
+        return cls(home / DIR_NAME, home / "guests" / STAGING_DIR)
 
     def _ensure(self) -> None:
         try:
@@ -85,8 +90,12 @@ class JournalStore:
         return self.dir / f"{_key(migration_id, role)}.json"
 
     def image_path(self, migration_id: str) -> Path:
-        """Where an incoming active migration stages the guest's memory image."""
-        return self.dir / f"{_key(migration_id, Role.TARGET)}.image"
+        """Where an incoming active migration stages the guest's memory image (the directory is made)."""
+        try:
+            self.images.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise JournalError(f"incoming image directory {self.images}: {e.strerror or e}") from e
+        return self.images / f"{_key(migration_id, Role.TARGET)}.image"
 
     # ------------------------------------------------------------------ writing
     def save(self, journal: Journal, extra: dict[str, Any] | None = None) -> None:

@@ -47,6 +47,7 @@ from ldoms.migration.dataframe import (
 )
 from ldoms.migration.dataplane_keys import KeySchedule
 from ldoms.migration.pagescan import as_pages, classify
+from ldoms.migration.sink import BufferSink, FileSink, PageSink
 from ldoms.units import PAGE_SIZE
 
 PROGRESS_EVERY = 8  # frames between progress reports (keeps the report pipe far from full)
@@ -271,11 +272,10 @@ def sender_lane(spec: LaneSpec, sock: socket.socket, memory: Any, conn: Connecti
 
 # ---------------------------------------------------------------------------------------------- receiver
 class _ReceiverLane:
-    def __init__(self, spec: LaneSpec, sock: socket.socket, memory: Any) -> None:
+    def __init__(self, spec: LaneSpec, sock: socket.socket, sink: PageSink) -> None:
         self.spec = spec
         self.sock = sock
-        self.raw = memoryview(memory).cast("B")
-        self.pages = as_pages(memory)
+        self.sink = sink
         self.opener = FrameOpener(
             KeySchedule(spec.secret, spec.migration_id),
             spec.channel,
@@ -341,36 +341,24 @@ class _ReceiverLane:
             )
         data = runs[runs[:, 2] == 0]
         n_plain = h.payload_len - GCM_TAG
-        if not h.flags and len(data) == 1:  # one run: decrypt straight into the target's memory
-            f = int(data[0, 0])
-            dst = self.raw[f * PAGE_SIZE : f * PAGE_SIZE + n_plain]
+        # Authenticated before anything is written: the memory never holds unauthenticated bytes.
+        self.opener.decrypt_into(h, meta, payload, memoryview(self.plain)[:n_plain])
+        src: Any = memoryview(self.plain)[:n_plain]
+        if h.flags:
             try:
-                self.opener.decrypt_into(h, meta, payload, dst)
-            except errs.TamperedFrame:
-                np.frombuffer(dst, dtype=np.uint8)[:] = 0  # never leave unauthenticated bytes behind
-                raise
-        else:
-            self.opener.decrypt_into(h, meta, payload, memoryview(self.plain)[:n_plain])
-            src: Any = memoryview(self.plain)[:n_plain]
-            if h.flags:
-                try:
-                    src = decompress(src, h.plain_len)
-                except Exception as exc:
-                    raise errs.MalformedFrame(f"{w}: the compressed pages do not decompress: {exc}") from None
-                if len(src) != h.plain_len:
-                    raise errs.MalformedFrame(
-                        f"{w}: the pages decompress to {len(src)} bytes, not {h.plain_len}"
-                    )
-            elif n_plain != h.plain_len:
-                raise errs.MalformedFrame(f"{w}: {n_plain} bytes of pages, the header says {h.plain_len}")
-            pos = 0
-            for f, c in data[:, :2].tolist():
-                self.raw[f * PAGE_SIZE : (f + c) * PAGE_SIZE] = src[pos : pos + c * PAGE_SIZE]
-                pos += c * PAGE_SIZE
+                src = decompress(src, h.plain_len)
+            except Exception as exc:
+                raise errs.MalformedFrame(f"{w}: the compressed pages do not decompress: {exc}") from None
+            if len(src) != h.plain_len:
+                raise errs.MalformedFrame(f"{w}: the pages decompress to {len(src)} bytes, not {h.plain_len}")
+        elif n_plain != h.plain_len:
+            raise errs.MalformedFrame(f"{w}: {n_plain} bytes of pages, the header says {h.plain_len}")
+        pos = 0
+        for f, c in data[:, :2].tolist():
+            self.sink.write(f, src[pos : pos + c * PAGE_SIZE])
+            pos += c * PAGE_SIZE
         for f, c in runs[runs[:, 2] == 1][:, :2].tolist():
-            region = self.pages[f : f + c]
-            if region.any():  # writing zeros over a hole would allocate it
-                region[:] = 0
+            self.sink.zero(f, c)
         self.open_round = h.round
         self.stats.frames += 1
         self.stats.pages += data_pages
@@ -397,10 +385,11 @@ class _ReceiverLane:
 
 
 def receiver_lane(spec: LaneSpec, sock: socket.socket, memory: Any, conn: Connection) -> None:
-    mapping = None
+    sink: PageSink | None = None
     try:
-        buf, mapping = _memory(spec, memory, writable=True)
-        lane = _ReceiverLane(spec, sock, buf)
+        file = memory if isinstance(memory, MemoryFile) else spec.memory_file if memory is None else None
+        sink = FileSink(file.path, file.size, file.offset) if file is not None else BufferSink(memory)
+        lane = _ReceiverLane(spec, sock, sink)
         h, meta, payload = lane.next_frame()
         lane.opener.authenticate(h, meta, payload)  # the hello: key id, geometry
         lane.t0 = None
@@ -428,8 +417,6 @@ def receiver_lane(spec: LaneSpec, sock: socket.socket, memory: Any, conn: Connec
     except BaseException as exc:
         _report_error(conn, exc, spec.channel)
     finally:
-        with contextlib.suppress(Exception):
-            del lane
-        if mapping is not None:
-            with contextlib.suppress(BufferError):
-                mapping.close()
+        if sink is not None:
+            with contextlib.suppress(Exception):
+                sink.close()

@@ -9,8 +9,11 @@ Theory of operation.
   encrypted data plane.
 - `channel_count`: SPEC 2.2 says migrations are faster with more crypto units (1.2) and more vCPUs (1.3) in
   `primary` on both sides.  Each side offers `side_channels(primary)` = one channel per crypto unit plus one
-  per 8 vCPUs (at least one), never more than its vCPUs, its real cores or `MAX_DATA_CHANNELS`; the
-  migration uses the smaller offer.
+  per 8 vCPUs (at least one), never more than its vCPUs, one per two real cores, or `MAX_DATA_CHANNELS`;
+  the migration uses the smaller offer.  Two cores per channel: one for its lane's crypto, one for the
+  kernel's share of its network work.  A lane's AES-GCM holds the GIL, so channels only run in parallel as
+  worker processes with those cores to run on (`channels.choose_workers`); with fewer, a second channel
+  shares the first one's core and slows the copy down (bench/bench_dataplane.py: 0.65-0.75x on 2 cores).
 - A round's pages are sent as data-plane *chunks* (each one data-plane round with its own end-of-round
   marker, announced to the target by a MemPages descriptor on the control link), so that a bandwidth cap can
   pace the copy, progress moves smoothly and every chunk is accounted for separately.
@@ -79,7 +82,7 @@ def primary_caps(machine: Machine) -> PrimaryCaps:
 def side_channels(caps: PrimaryCaps, cores: int, limit: int = MAX_DATA_CHANNELS) -> int:
     """The channels one side can drive (see the module docstring)."""
     wanted = caps.maus + max(1, caps.vcpus // VCPUS_PER_CHANNEL)
-    return max(1, min(wanted, max(caps.vcpus, 1), max(cores, 1), limit))
+    return max(1, min(wanted, max(caps.vcpus, 1), max(cores // 2, 1), limit))
 
 
 def channel_count(src: PrimaryCaps, dst: PrimaryCaps, *, src_cores: int, dst_cores: int) -> int:

@@ -156,7 +156,13 @@ class _Job:
             pages, seconds, wire = self._round(1, self._data_ranges(), target_is_zero=True)
             r = 1
             while True:
-                decision = self.pre.feed(self._report(r, pages, wire, seconds, dirty.count()))
+                rep = self._report(r, pages, wire, seconds, dirty.count())
+                decision = self.pre.feed(rep)
+                log.info(
+                    "LDom %s: round %d sent %d pages in %.1f ms; %d pages dirty now, link %.0f MB/s: %s",
+                    ctx.domain, r, pages, seconds * 1000, rep.dirty_pages_now,
+                    (self.pre.link_rate or 0) / (1 << 20), type(decision).__name__,
+                )  # fmt: skip
                 if isinstance(decision, GiveUp):
                     raise PrecopyGaveUp(decision.reason)
                 if isinstance(decision, SwitchOver):
@@ -222,6 +228,7 @@ class _Job:
         self.rounds = r
         covered = round_pages = round_wire = 0
         self._progress(r, 0, candidate, force=True)
+        ctx.hooks.at(f"source:round:{'final' if final else r}", ctx.run.cancelled)
         for c in chunks:
             ctx.check_cancel()
             if not ctx.guest.alive():

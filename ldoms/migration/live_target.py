@@ -4,10 +4,11 @@
 Theory of operation (DESIGN 3.4-3.5).  The target engine makes one receiver at Prepare and feeds it the
 transfer's control events; the receiver owns the image file until the hand-off:
 
-* `DataPlaneImage` creates the image where the guest will run it, reserves the blocks of the source's data
-  ranges (`posix_fallocate`: a full disk is a clear error naming the host and the path, never a SIGBUS in a
-  mapping later) and pre-touches them (`pagescan.pretouch`) before PrepareAck, so the copy writes into
-  allocated, mapped memory.  It listens on an ephemeral data port (`dataplane_link`), takes the N channels
+* `DataPlaneImage` creates the image where the guest will run it (sparse; PrepareAck does not wait for any
+  allocation: a filesystem without room for the source's data ranges is refused at once, naming the host and
+  the path, and one that fills up later fails a lane's write the same way, never a SIGBUS in a mapping);
+  the lanes `pwrite` the pages (`sink.FileSink`), which on tmpfs allocates them without zeroing or mapping
+  them first.  It listens on an ephemeral data port (`dataplane_link`), takes the N channels
   after PrepareAck, and receives with a `DataPlaneReceiver` straight into the image.  Each MemPages
   descriptor names one data-plane chunk: the receiver waits for it (`receive_round`, under the data-plane
   deadline) and checks its frames and pages against the descriptor; RoundDone checks the round's pages;
@@ -28,14 +29,11 @@ import contextlib
 import errno
 import hmac
 import logging
-import mmap
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
-
-import numpy as np
 
 from ldoms.migration import dataplane_errors as dperrs
 from ldoms.migration.channels import (
@@ -49,7 +47,6 @@ from ldoms.migration.dataplane_keys import SECRET_BYTES
 from ldoms.migration.dataplane_link import ChannelListener, is_idle_timeout
 from ldoms.migration.events import FinalState, MemPages, RoundDone
 from ldoms.migration.live_plan import PrimaryCaps, Transcript, read_descriptor, side_channels
-from ldoms.migration.pagescan import pretouch, to_runs
 from ldoms.migration.transfer import ImageWriter, TransferError
 from ldoms.units import PAGE_SIZE
 
@@ -114,20 +111,27 @@ class ControlLinkImage:
 
 # -------------------------------------------------------------------------------------------- data plane
 def create_image(path: Path, size: int, ranges: Sequence[tuple[int, int]], *, host: str) -> None:
-    """A new sparse image of `size` bytes with the blocks of `ranges` reserved (ImageSpaceError when the
-    filesystem has no room: the message names the host and the path)."""
+    """A new sparse image of `size` bytes, on a filesystem with room for the data of `ranges`
+    (ImageSpaceError otherwise: the message names the host and the path).  Nothing is reserved: the lanes'
+    writes allocate the pages (`sink.FileSink`), and a filesystem that fills up meanwhile fails the write
+    with ENOSPC, reported the same way."""
+    needed = sum(n for _, n in ranges)
+    try:
+        st = os.statvfs(path.parent)
+    except OSError as e:
+        raise _space_error(e, host, path, size) from None
+    if needed > st.f_bavail * st.f_frsize:
+        raise _space_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), host, path, needed)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as e:
         raise _space_error(e, host, path, size) from None
     try:
         os.ftruncate(fd, size)
-        for off, length in ranges:
-            os.posix_fallocate(fd, off, length)
     except OSError as e:
         os.close(fd)
         path.unlink(missing_ok=True)
-        raise _space_error(e, host, path, sum(n for _, n in ranges)) from None
+        raise _space_error(e, host, path, size) from None
     os.close(fd)
 
 
@@ -190,7 +194,6 @@ class DataPlaneImage:
         self.round_pages = 0
         self.on_error = on_error  # called from the pump thread when the data plane fails
         self.receiver: DataPlaneReceiver | None = None
-        self._mapping: mmap.mmap | None = None
         self._cond = threading.Condition()
         self._aborted = False  # set by abort(): no receiver may start after it
         self._got: dict[int, tuple[int, int]] = {}  # chunk -> (frames, pages), as the pump received them
@@ -200,18 +203,10 @@ class DataPlaneImage:
         create_image(path, size, ranges, host=host)
         try:
             self.workers = choose_workers(Workers.AUTO, self.nchannels, True, os.cpu_count() or 1)
-            if self.workers is Workers.THREADS:
-                # the lanes write through this very mapping, so pre-touching it maps their pages too
-                fd = os.open(path, os.O_RDWR)
-                try:
-                    self._mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-                finally:
-                    os.close(fd)
-                if ranges:
-                    pretouch(self._mapping, to_runs(np.array(ranges, dtype=np.int64), size // PAGE_SIZE))
-            self.listener = ChannelListener(bind_host, migration_id, self.nchannels, idle_s=idle_s)
+            self.listener = ChannelListener(
+                bind_host, migration_id, self.nchannels, secret=secret, idle_s=idle_s
+            )
         except BaseException:
-            self._release_mapping()
             path.unlink(missing_ok=True)
             raise
         self.ack: dict[str, Any] = {
@@ -229,9 +224,7 @@ class DataPlaneImage:
                 for sock in socks:
                     sock.close()
                 raise TransferError("the data plane was stopped before it started")
-            memory: Any = self._mapping
-            if memory is None:
-                memory = MemoryFile(str(self.path), self.size)
+            memory = MemoryFile(str(self.path), self.size)
             self.receiver = DataPlaneReceiver(
                 self.secret,
                 self.migration_id,
@@ -260,6 +253,9 @@ class DataPlaneImage:
                 with self._cond:
                     if self.receiver.goodbyes_received:
                         self._ended = True
+                    elif isinstance(e, dperrs.NoSpace):
+                        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                        self._error = _space_error(full, self.host, self.path, self.size)
                     else:
                         what = "stalled" if is_idle_timeout(e.message) else "refused the migration data"
                         why = f"Target host {self.host} {what}: {e.message}"
@@ -334,7 +330,6 @@ class DataPlaneImage:
                     f"the data plane did not end within {self.idle_s:g} s of the final state",
                     code="dataplane",
                 )
-        self._release_mapping()
 
     def close(self) -> None:
         self.abort()
@@ -348,13 +343,6 @@ class DataPlaneImage:
             self.receiver.abort()
         if self._pump is not None and self._pump is not threading.current_thread():
             self._pump.join(10.0)
-        self._release_mapping()
-
-    def _release_mapping(self) -> None:
-        mm, self._mapping = self._mapping, None
-        if mm is not None:
-            with contextlib.suppress(BufferError):
-                mm.close()
 
 
 def _ranges(value: Any, size: int) -> list[tuple[int, int]]:

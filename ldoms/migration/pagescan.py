@@ -128,8 +128,14 @@ def work_units(runs: np.ndarray, unit_pages: int) -> Iterator[np.ndarray]:
 
 
 def classify(pages: np.ndarray, first: int, count: int) -> np.ndarray:
-    """Runs of zero / non-zero pages in [first, first+count): (n, 3) of (first page, count, is-zero)."""
-    nz = pages[first : first + count].any(axis=1)
+    """Runs of zero / non-zero pages in [first, first+count): (n, 3) of (first page, count, is-zero).
+    A page whose first word is set holds data: only the others are read through (guest memory that holds
+    data mostly says so in its first word, so a full scan reads 8 bytes of each such page, not 8 KiB)."""
+    sub = pages[first : first + count]
+    nz = sub[:, 0] != 0
+    maybe = np.flatnonzero(~nz)
+    if len(maybe):
+        nz[maybe] = sub[maybe].any(axis=1)
     r = bool_runs(~nz)
     r[:, 0] += first
     return r

@@ -59,12 +59,20 @@ def open_plane(
     host: str,
     migration_id: str,
     policy: MigrationPolicy,
+    *,
+    secret: bytes,
 ) -> list[socket.socket]:
     port, n = ack.get("port"), ack.get("channels")
     if not isinstance(port, int) or not isinstance(n, int) or not 1 <= port <= 65535 or not 1 <= n <= 64:
         raise TransferError(f"the target's data-plane answer is malformed: {ack!r:.200}")
     socks = open_channels(
-        host, port, migration_id, n, connect_s=policy.connect_s, idle_s=policy.transfer_idle_s
+        host,
+        port,
+        migration_id,
+        n,
+        secret=secret,  # keys the channels' preambles: only this source can claim them
+        connect_s=policy.connect_s,
+        idle_s=policy.transfer_idle_s,
     )
     if policy.hooks.drops("source:corrupt-frame"):
         socks[0] = corrupting_relay(socks[0], offset=4096)

@@ -49,7 +49,9 @@ class SourceTransfer:
         assert self.chan is not None and self.conn is not None
         policy, guests, name = self.deps.policy, self.deps.guests, self.name
         remote = self.chan.link.remote_address
-        socks = open_plane(ack, remote[0] if remote else self.req.target_host, self.migration_id, policy)
+        socks = open_plane(
+            ack, remote[0] if remote else self.req.target_host, self.migration_id, policy, secret=secret
+        )
         ctx = LiveSourceContext(
             channel=self.chan,
             domain=name,

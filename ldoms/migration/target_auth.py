@@ -1,6 +1,8 @@
 """The target engine's logins: a password, a client certificate (`-c`), or the recovery token of an earlier
-migration, which allows only a RecoveryQuery, answered from this host's journal (SPEC 4.3).  A mixin of
-`TargetEngine`, split out to keep each module short."""
+migration, which allows only a RecoveryQuery, answered from this host's journal (SPEC 4.3).  Password logins
+are rate-limited by source address and user (`ldoms.peer.throttle`); a successful login stops the peer
+listener's login clock (`PeerLink.logged_in`).  A mixin of `TargetEngine`, split out to keep each module
+short."""
 
 from __future__ import annotations
 
@@ -33,8 +35,14 @@ class TargetAuth:
                 recovery_of = auth.user[len(RECOVERY_USER_PREFIX) :]
                 self._check_token(recovery_of, auth.password or "", host_name)
             else:
+                remote = link.remote_address
                 credentials.authenticate(
-                    self.deps.home, auth.user, auth.password or "", host_name=host_name, client=link.where
+                    self.deps.home,
+                    auth.user,
+                    auth.password or "",
+                    host_name=host_name,
+                    client=link.where,
+                    address=remote[0] if remote else None,  # the throttle counts failures by address
                 )
         except (AuthenticationFailed, PeerConfigError) as e:
             reason = (
@@ -44,6 +52,7 @@ class TargetAuth:
             )
             self.chan.send(AuthResult(ok=False, reason=reason))
             return None
+        link.logged_in()  # stops the listener's login clock (if it already ran out, the send below fails)
         self.chan.send(AuthResult(ok=True))
         return recovery_of
 

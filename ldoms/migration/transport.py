@@ -16,7 +16,9 @@ Deadlines are named policy values (`MigrationPolicy`), chosen by the phase the c
 `MigrationPolicy.hooks` (`TestHooks`) let integration tests stop a daemon at a named point: pause (waiting on
 the migration's cancel event, never a bare sleep), crash the process, or drop the link instead of sending.
 They come from the environment variable `LDMD_TEST_HOOKS` (JSON) and do nothing when it is unset; its
-`policy` object shortens named deadlines (`{"policy": {"transfer_idle_s": 3}}`).
+`policy` object shortens named deadlines (`{"policy": {"transfer_idle_s": 3}}`); its `hold` object holds a
+daemon at a point until a file exists (`{"hold": {"source:round:2": "/tmp/x/release"}}`: the fault matrix
+injects its fault while the daemon waits there, then releases it).
 
 A Ping is answered at once, after `before_pong()` if set: the target waits there until it is ready for the
 switch-over (its standby guest is up), which makes the source's Ping before the suspend a barrier.
@@ -36,6 +38,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -50,6 +53,7 @@ from ldoms.peer.link import PeerLink
 log = logging.getLogger("ldmd.migration")
 
 HOOKS_ENV = "LDMD_TEST_HOOKS"
+HOLD_LIMIT_S = 120.0  # the longest a `hold` hook keeps a daemon waiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,7 @@ class TestHooks:
     crash: frozenset[str] = frozenset()  # point -> the process exits at once (status 70), as a crash would
     drop: frozenset[str] = frozenset()  # point -> the link is closed instead of sending
     policy: dict[str, float] = field(default_factory=dict)  # MigrationPolicy fields -> shorter deadlines
+    hold: dict[str, str] = field(default_factory=dict)  # point -> a file: wait there until it exists
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> TestHooks:
@@ -76,6 +81,7 @@ class TestHooks:
                 crash=frozenset(str(p) for p in doc.get("crash", ())),
                 drop=frozenset(str(p) for p in doc.get("drop", ())),
                 policy={str(k): float(v) for k, v in dict(doc.get("policy", {})).items()},
+                hold={str(k): str(v) for k, v in dict(doc.get("hold", {})).items()},
             )
         except (ValueError, TypeError, AttributeError) as e:
             raise OpExecError(f"{HOOKS_ENV} is not a valid hooks document: {e}") from e
@@ -89,6 +95,23 @@ class TestHooks:
         if seconds:
             log.warning("test hook: pausing %g s at %s", seconds, point)
             (cancelled or threading.Event()).wait(seconds)
+        release = self.hold.get(point)
+        if release:
+            self._hold(point, release, cancelled or threading.Event())
+
+    def _hold(self, point: str, release: str, cancelled: threading.Event) -> None:
+        """Wait at `point` until the file `release` exists (the test injected its fault meanwhile), a cancel,
+        or HOLD_LIMIT_S: polled, so that a test that died never leaves a daemon held for long."""
+        if os.path.exists(release):  # an open gate: pass silently
+            return
+        log.warning("test hook: holding at %s until %s exists", point, release)
+        deadline = time.monotonic() + HOLD_LIMIT_S
+        while not os.path.exists(release):
+            if cancelled.wait(0.02) or time.monotonic() > deadline:
+                log.warning("test hook: hold at %s cut short (%s)", point,
+                            "cancelled" if cancelled.is_set() else f"{HOLD_LIMIT_S:g} s")  # fmt: skip
+                return
+        log.warning("test hook: released at %s", point)
 
     def drops(self, point: str) -> bool:
         return point in self.drop

@@ -29,6 +29,9 @@ class Machine:
     next_spconfig: str = "factory-default"
     spconfig_modified: bool = False  # the running configuration differs from the current SP config
     power_policy: str = "performance"  # or "elastic"
+    # MACs of domains that left this host by migration, oldest first: they live on elsewhere, so the
+    # automatic pool hands them out again only when nothing else is free (ldoms.binding.allocate_mac).
+    departed_macs: tuple[int, ...] = ()
 
     def find(self, name: str) -> Domain | None:
         for d in self.domains:

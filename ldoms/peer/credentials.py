@@ -22,6 +22,12 @@ reachable only there); the user names of an ldmd are admin accounts that are no 
 the password is still required and is only ever sent over a TLS link whose server certificate the source
 verified; and a migration that fails at 3 a.m. is fixed much faster when the message says which half of the
 credentials was wrong.  The daemon's log records both cases with the client's address.
+
+Rate limiting.  Password logins go through the home's `LoginThrottle` (`ldoms.peer.throttle`: back-off per
+source address and per user name) before the users file is read: a throttled attempt is refused with
+`LoginThrottled`, whose message is the same for a user that exists and one that does not, and costs no
+scrypt.  A login that would be refused only because others from the same address are still being checked
+waits for them (at most `LOGIN_PATIENCE_S`): several migrations started at once from one host all log in.
 """
 
 from __future__ import annotations
@@ -32,10 +38,13 @@ import getpass
 import hashlib
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
 import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +53,14 @@ from typing import Any
 from ldoms.errors import AlreadyExistsError, NotFoundError, UsageError
 from ldoms.peer.errors import (
     CertificateNotAccepted,
+    LoginThrottled,
     PasswordFileError,
     PeerConfigError,
     UnknownUser,
     WrongPassword,
 )
 from ldoms.peer.files import atomic_write, config_lock, read_toml, toml_dumps
+from ldoms.peer.throttle import LoginThrottle
 
 log = logging.getLogger("ldmd.peer.auth")
 
@@ -185,18 +196,84 @@ def remove_user(home: Path, name: str) -> None:
         atomic_write(users_path(home), toml_dumps(doc, header=_HEADER).encode("utf-8"))
 
 
-def authenticate(home: Path, user: str, password: str, *, host_name: str, client: str = "") -> None:
-    """Accept `user`/`password` or raise UnknownUser / WrongPassword with the line the source prints."""
-    body = _users(home).get(user)
+# How long a login waits behind others from the same address (or for the same user) that are being checked,
+# rather than being refused because they might fail (ldoms.peer.throttle: "Bursts of honest logins").  Well
+# under the listener's 30 s login clock; scrypt takes ~0.1 s a login.
+LOGIN_PATIENCE_S = 10.0
+
+_THROTTLES: OrderedDict[Path, LoginThrottle] = OrderedDict()
+_THROTTLES_LOCK = threading.Lock()
+_MAX_THROTTLES = 64  # homes served by one process (one in ldmd; many in a test run)
+
+
+def throttle_for(home: Path) -> LoginThrottle:
+    """The login throttle of `home` (one per home and process, created on first use)."""
+    key = home.absolute()
+    with _THROTTLES_LOCK:
+        found = _THROTTLES.pop(key, None) or LoginThrottle()
+        _THROTTLES[key] = found
+        while len(_THROTTLES) > _MAX_THROTTLES:
+            _THROTTLES.popitem(last=False)
+        return found
+
+
+def client_address(client: str) -> str:
+    """The address in a client description: `192.0.2.1:4000`, `[2001:db8::1]:4000`, `peer 192.0.2.1:4000`
+    or `peer NAME (192.0.2.1:4000)` give the address without its port; anything else is returned as is."""
+    text = client.strip().rstrip(")").rsplit(maxsplit=1)[-1].lstrip("(") if client.strip() else ""
+    host, sep, port = text.rpartition(":")
+    if sep and port.isdigit() and (host.startswith("[") or ":" not in host):
+        return host.strip("[]")
+    return text
+
+
+def authenticate(
+    home: Path,
+    user: str,
+    password: str,
+    *,
+    host_name: str,
+    client: str = "",
+    address: str | None = None,
+    throttle: LoginThrottle | None = None,
+) -> None:
+    """Accept `user`/`password` or raise LoginThrottled / UnknownUser / WrongPassword with the line the
+    source prints.  `address` (default: taken from `client`) is what the throttle counts failures by;
+    `throttle` defaults to the home's (`throttle_for`)."""
+    table = _users(home)  # a broken users file is the admin's fault: reported, never counted as a failure
     src = f" from {client}" if client else ""
-    if body is None:
-        log.warning("migration login refused%s: unknown user %r", src, user)
-        raise UnknownUser(f"Authentication failed for user {user} on target host {host_name}: unknown user")
-    if not check_password(password, _record(home, user, body)):
-        log.warning("migration login refused%s: wrong password for user %r", src, user)
-        raise WrongPassword(
-            f"Authentication failed for user {user} on target host {host_name}: wrong password"
+    gate = throttle if throttle is not None else throttle_for(home)
+    source = client_address(client) if address is None else address
+    wait = gate.admit(user, source, patience_s=LOGIN_PATIENCE_S)
+    if wait > 0:
+        seconds = max(1, math.ceil(wait))
+        log.warning(
+            "migration login refused%s: too many failed logins (user %r; next attempt in %d s)",
+            src,
+            user,
+            seconds,
         )
+        raise LoginThrottled(
+            f"Authentication refused for user {user} on target host {host_name}: too many failed logins "
+            f"from this address or for this user; try again in {seconds} s",
+            retry_after=wait,
+        )
+    try:
+        body = table.get(user)
+        if body is None:
+            log.warning("migration login refused%s: unknown user %r", src, user)
+            raise UnknownUser(
+                f"Authentication failed for user {user} on target host {host_name}: unknown user"
+            )
+        if not check_password(password, _record(home, user, body)):
+            log.warning("migration login refused%s: wrong password for user %r", src, user)
+            raise WrongPassword(
+                f"Authentication failed for user {user} on target host {host_name}: wrong password"
+            )
+    except BaseException:
+        gate.failed(user, source)  # charged it stays; logins waiting behind it may now be refused
+        raise
+    gate.succeeded(user, source)
     log.info("migration login%s: user %r authenticated by password", src, user)
 
 

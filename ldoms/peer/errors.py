@@ -83,6 +83,11 @@ class PeerClosed(PeerError):
     code = "peer-closed"
 
 
+class PeerClosedInHandshake(PeerClosed):
+    """The other end closed the connection during the TLS handshake: what a listener at its limit of
+    connections not yet logged in does (`ldoms.peer.listener`), so trying again shortly may succeed."""
+
+
 class FrameTooLarge(PeerError):
     code = "frame-too-large"
 
@@ -107,3 +112,14 @@ class WrongPassword(AuthenticationFailed):
 
 class CertificateNotAccepted(AuthenticationFailed):
     code = "auth-certificate"
+
+
+class LoginThrottled(AuthenticationFailed):
+    """Too many failed logins from the source's address or for the user name: refused before the password
+    is looked at (`ldoms.peer.throttle`).  `retry_after` is the wait in seconds."""
+
+    code = "auth-throttled"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

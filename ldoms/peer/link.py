@@ -21,7 +21,9 @@ server whose certificate was not verified:
    frame of the protocol.  Until the greeting has arrived, the client has sent nothing but the handshake.
 
 Timeouts are idle timeouts: every blocking socket call (connect, each handshake step, each read or write)
-may take `timeout` seconds.  A timed-out link is closed (a frame may be half read).
+may take `timeout` seconds.  A timed-out link is closed (a frame may be half read).  On the target side the
+listener adds one overall deadline for the unauthenticated phase (its login clock, `ldoms.peer.listener`),
+which the handler stops with `logged_in()` once the client has authenticated.
 
 A PeerLink is for one thread at a time: an OpenSSL connection must not be read and written concurrently.
 """
@@ -31,10 +33,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hmac
+import random
 import socket
 import ssl
 import struct
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +47,7 @@ from ldoms.peer.errors import (
     PeerCertificateMismatch,
     PeerCertificateRefused,
     PeerClosed,
+    PeerClosedInHandshake,
     PeerConnectionRefused,
     PeerError,
     PeerProtocolError,
@@ -81,11 +86,14 @@ class PeerLink:
         where: str,
         max_frame: int = DEFAULT_MAX_FRAME,
         identity: PeerIdentity | None = None,
+        on_login: Callable[[], bool] | None = None,
     ) -> None:
         self._sock: ssl.SSLSocket | None = sock
         self.where = where
         self.max_frame = max_frame
         self.identity = identity  # target side: the client's certificate identity, if it presented one
+        self._on_login = on_login  # target side: stops the listener's login clock
+        self._login_in_time = True
         der = sock.getpeercert(binary_form=True)
         self.peer_fingerprint: str | None = None if der is None else fingerprint(der)
         self.tls_version: str = sock.version() or "?"
@@ -130,6 +138,14 @@ class PeerLink:
         if sock is not None:
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def logged_in(self) -> bool:
+        """Target side: the client has authenticated, so the listener's login clock stops.  False when the
+        clock had already run out: the listener is cutting the link, and the next read or write fails."""
+        hook, self._on_login = self._on_login, None
+        if hook is not None:
+            self._login_in_time = hook()
+        return self._login_in_time
 
     def settimeout(self, timeout: float | None) -> None:
         """Seconds each read or write may wait (None: forever)."""
@@ -263,7 +279,12 @@ def client_context(home: Path, endpoint: Endpoint, *, certificate_mode: bool) ->
 def _tcp_connect(endpoint: Endpoint, timeout: float) -> socket.socket:
     where = endpoint.label
     try:
-        return socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+        # Small messages go out at once: Nagle would hold the second of two back-to-back ones (Progress,
+        # then Suspend) until the peer's delayed ACK, 40 ms, in the middle of the guest's pause.
+        with contextlib.suppress(OSError):  # not TCP (a test's socketpair): nothing to tune
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
     except socket.gaierror as e:
         raise PeerUnreachable(
             f"Failed to establish connection with ldmd on {where}: cannot resolve host name {endpoint.host} "
@@ -316,7 +337,8 @@ def _handshake_error(
             where=where,
         )
     if isinstance(e, ssl.SSLEOFError | ssl.SSLZeroReturnError | ConnectionError):
-        return PeerClosed(
+        closed = PeerClosedInHandshake if doing == "in the TLS handshake" else PeerClosed
+        return closed(
             f"{where[0].upper()}{where[1:]} closed the connection {doing} ({_why(e)}); it may be at its "
             "connection limit, or not an ldmd peer port",
             where=where,
@@ -333,8 +355,28 @@ def connect_endpoint(
     certificate_mode: bool,
     timeout: float = DEFAULT_CONNECT_TIMEOUT,
     max_frame: int = DEFAULT_MAX_FRAME,
+    busy_retry_s: float = 0.0,
 ) -> PeerLink:
-    """A verified link to `endpoint` (see the module docstring for the order of checks)."""
+    """A verified link to `endpoint` (see the module docstring for the order of checks).  For `busy_retry_s`
+    seconds, a connection the target closes during the TLS handshake (a listener at its limit of connections
+    not yet logged in does that: many migrations towards one host at once) is tried again after a growing,
+    jittered pause."""
+    give_up = time.monotonic() + busy_retry_s
+    pause = 0.05
+    while True:
+        try:
+            return _connect_once(home, endpoint, certificate_mode=certificate_mode, timeout=timeout,
+                                 max_frame=max_frame)  # fmt: skip
+        except PeerClosedInHandshake:
+            if time.monotonic() + pause > give_up:
+                raise
+        time.sleep(pause * random.uniform(0.5, 1.5))  # jitter: a burst of sources does not retry in step
+        pause = min(2 * pause, 1.0)
+
+
+def _connect_once(
+    home: Path, endpoint: Endpoint, *, certificate_mode: bool, timeout: float, max_frame: int
+) -> PeerLink:
     where = endpoint.label
     ctx, by = client_context(home, endpoint, certificate_mode=certificate_mode)
     raw = _tcp_connect(endpoint, timeout)
@@ -408,15 +450,18 @@ def connect_peer(
     certificate_mode: bool,
     timeout: float = DEFAULT_CONNECT_TIMEOUT,
     max_frame: int = DEFAULT_MAX_FRAME,
+    busy_retry_s: float = 0.0,
 ) -> PeerLink:
     """A verified link to the ldmd of `target` (a peer name, or a host name/IP on port 6482).
-    `certificate_mode`: present this host's certificate (`migrate-domain -c`)."""
+    `certificate_mode`: present this host's certificate (`migrate-domain -c`); `busy_retry_s`: see
+    `connect_endpoint`."""
     return connect_endpoint(
         home,
         resolve_target(home, target),
         certificate_mode=certificate_mode,
         timeout=timeout,
         max_frame=max_frame,
+        busy_retry_s=busy_retry_s,
     )
 
 

@@ -2,8 +2,8 @@
 
 Theory of operation.  `PeerListener(home, "ADDR:PORT", handler)` binds at once (so a port in use is reported
 by the constructor); `start()` runs the accept loop in a thread.  Each accepted connection takes a slot
-(at most `max_connections`; over the limit the connection is closed at once, before any TLS work, so a flood
-costs little) and gets its own thread, which:
+until it has logged in (at most `max_connections` not yet logged in; over the limit the connection is closed
+at once, before any TLS work, so a flood costs little) and gets its own thread, which:
 
 1. runs the TLS handshake under `handshake_timeout`: a client that sends garbage fails at once, one that
    sends nothing is dropped when the timeout expires; neither delays any other connection;
@@ -13,6 +13,13 @@ costs little) and gets its own thread, which:
 3. sends the greeting frame, sets `io_timeout` and calls `handler(link)` with a `PeerLink` whose `identity`
    says who the client proved to be (None: no certificate; the handler then asks for a password);
 4. closes the link when the handler returns or raises (an exception is logged, never propagated).
+
+The login clock.  From the moment a connection is accepted, it has `login_timeout` seconds in all (the TLS
+handshake, the greeting, and whatever the handler reads before the client has authenticated) until the
+handler calls `link.logged_in()`.  The clock is not per read: a client that trickles a byte at a time cannot
+extend it.  One watchdog thread cuts (shuts down) every connection whose clock runs out, as `close()` does,
+so the blocked handler wakes up with a PeerClosed and the slot is free again.  With 8 slots and a 30 s
+clock, clients that never authenticate can hold the port for at most 30 s at a time each.
 
 The server's SSLContext is rebuilt when the home's TLS identity, peers or CA bundle change (checked by file
 stamps at each connection), so `ldmd peer add` takes effect without restarting ldmd.
@@ -30,11 +37,13 @@ import selectors
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ldoms.peer.errors import PeerConfigError, PeerError
-from ldoms.peer.link import DEFAULT_MAX_FRAME, GREETING, PeerIdentity, PeerLink
+from ldoms.peer.link import DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_FRAME, GREETING, PeerIdentity, PeerLink
 from ldoms.peer.target import parse_address
 from ldoms.peer.tls import base_context, fingerprint, load_certificate, load_host_tls, subject_cn, tls_paths
 from ldoms.peer.trust import ca_path, list_cas, load_peers, peers_path
@@ -42,6 +51,19 @@ from ldoms.peer.trust import ca_path, list_cas, load_peers, peers_path
 log = logging.getLogger("ldmd.peer")
 
 Handler = Callable[[PeerLink], None]
+
+
+@dataclass(slots=True)
+class _Conn:
+    """One live connection: a duplicate of its socket (to cut it from another thread) and its login clock."""
+
+    ctl: socket.socket
+    client: str
+    login_by: float | None  # monotonic deadline of the unauthenticated phase; None once logged in
+    cut: bool = False  # the login clock ran out and the connection was shut down
+    # The slot bounds connections that have not logged in: a logged-in one gives it back, so that a host
+    # can receive more migrations at once than there are slots (the 9th used to be closed at once).
+    holds_slot: bool = True
 
 
 class _ServerTrust:
@@ -94,6 +116,7 @@ class PeerListener:
         handler: Handler,
         *,
         handshake_timeout: float = 10.0,
+        login_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         io_timeout: float | None = 120.0,
         max_connections: int = 8,
         max_frame: int = DEFAULT_MAX_FRAME,
@@ -101,9 +124,12 @@ class PeerListener:
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        if not login_timeout > 0:
+            raise ValueError(f"login_timeout must be a positive number of seconds, not {login_timeout}")
         self.home = home
         self.handler = handler
         self.handshake_timeout = handshake_timeout
+        self.login_timeout = login_timeout
         self.io_timeout = io_timeout
         self.max_frame = max_frame
         self._trust = _ServerTrust(home)
@@ -114,11 +140,12 @@ class PeerListener:
         self._sock = _bind(host, port, backlog)
         self.address: tuple[str, int] = self._sock.getsockname()[:2]
         self._slots = threading.BoundedSemaphore(max_connections)
-        self._lock = threading.Lock()
-        self._conns: dict[threading.Thread, socket.socket] = {}  # thread -> a dup of its socket, to shut down
+        self._lock = threading.Condition()  # also wakes the watchdog when a connection comes or goes
+        self._conns: dict[threading.Thread, _Conn] = {}
         self._closing = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._accept_thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> PeerListener:
@@ -127,6 +154,10 @@ class PeerListener:
                 target=self._accept_loop, name=f"peer-accept-{self.address[1]}", daemon=True
             )
             self._accept_thread.start()
+            self._watchdog = threading.Thread(
+                target=self._watch_logins, name=f"peer-login-clock-{self.address[1]}", daemon=True
+            )
+            self._watchdog.start()
             log.info("listening for peers on %s:%d", *self.address)
         return self
 
@@ -148,14 +179,18 @@ class PeerListener:
         self._closing.set()
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
+        with self._lock:
+            self._lock.notify_all()
         if self._accept_thread is not None:
             self._accept_thread.join(timeout)
+        if self._watchdog is not None:
+            self._watchdog.join(timeout)
         self._sock.close()
         with self._lock:
             conns = list(self._conns.items())
-        for _, ctl in conns:
+        for _, conn in conns:
             with contextlib.suppress(OSError):
-                ctl.shutdown(socket.SHUT_RDWR)
+                conn.ctl.shutdown(socket.SHUT_RDWR)
         for thread, _ in conns:
             thread.join(timeout)
             if thread.is_alive():
@@ -186,22 +221,54 @@ class PeerListener:
             return
         try:
             ctl = raw.dup()
+            conn = _Conn(ctl=ctl, client=client, login_by=time.monotonic() + self.login_timeout)
             thread = threading.Thread(
-                target=self._serve, args=(raw, ctl, client), name=f"peer-{client}", daemon=True
+                target=self._serve, args=(raw, conn), name=f"peer-{client}", daemon=True
             )
             with self._lock:
-                self._conns[thread] = ctl
+                self._conns[thread] = conn
+                self._lock.notify_all()
             thread.start()
         except BaseException:
             self._slots.release()
             raw.close()
             raise
 
+    # ------------------------------------------------------------------ the login clock
+    def _watch_logins(self) -> None:
+        """Cut every connection whose login clock ran out (see the module docstring)."""
+        with self._lock:
+            while not self._closing.is_set():
+                now = time.monotonic()
+                pending = [c for c in self._conns.values() if c.login_by is not None]
+                for conn in pending:
+                    if conn.login_by is not None and conn.login_by <= now:
+                        conn.login_by, conn.cut = None, True
+                        log.warning(
+                            "peer connection from %s dropped: not authenticated within %g s of connecting",
+                            conn.client,
+                            self.login_timeout,
+                        )
+                        with contextlib.suppress(OSError):
+                            conn.ctl.shutdown(socket.SHUT_RDWR)
+                due = [c.login_by for c in pending if c.login_by is not None]
+                self._lock.wait(min(due) - now if due else None)
+
+    def _logged_in(self, conn: _Conn) -> bool:
+        """Stop `conn`'s login clock; False when it had already run out (the connection is cut)."""
+        with self._lock:
+            conn.login_by = None
+            if not conn.cut and conn.holds_slot:
+                conn.holds_slot = False
+                self._slots.release()
+            return not conn.cut
+
     # ------------------------------------------------------------------ one connection
-    def _serve(self, raw: socket.socket, ctl: socket.socket, client: str) -> None:
+    def _serve(self, raw: socket.socket, conn: _Conn) -> None:
         link: PeerLink | None = None
+        client = conn.client
         try:
-            link = self._handshake(raw, client)
+            link = self._handshake(raw, conn)
             if link is not None:
                 self._run_handler(link, client)
         finally:
@@ -211,10 +278,14 @@ class PeerListener:
                 raw.close()
             with self._lock:
                 self._conns.pop(threading.current_thread(), None)
-            ctl.close()
-            self._slots.release()
+                self._lock.notify_all()
+                release, conn.holds_slot = conn.holds_slot, False
+            conn.ctl.close()
+            if release:
+                self._slots.release()
 
-    def _handshake(self, raw: socket.socket, client: str) -> PeerLink | None:
+    def _handshake(self, raw: socket.socket, conn: _Conn) -> PeerLink | None:
+        client = conn.client
         where = f"peer {client}"
         try:
             ctx, pins = self._trust.get()
@@ -222,6 +293,8 @@ class PeerListener:
             log.error("peer connection from %s refused: the TLS configuration is broken: %s", client, e)
             return None
         raw.settimeout(self.handshake_timeout)
+        with contextlib.suppress(OSError):  # no Nagle delay on the answers (see link._tcp_connect)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock = ctx.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         except (OSError, ssl.SSLError) as e:
@@ -242,7 +315,13 @@ class PeerListener:
         identity = _identify(sock, pins)
         if identity is not None:
             where = f"peer {identity.name} ({client})"
-        link = PeerLink(sock, where=where, max_frame=self.max_frame, identity=identity)
+        link = PeerLink(
+            sock,
+            where=where,
+            max_frame=self.max_frame,
+            identity=identity,
+            on_login=lambda: self._logged_in(conn),
+        )
         try:
             link.send_frame(GREETING)
         except PeerError as e:

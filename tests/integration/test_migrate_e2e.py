@@ -196,7 +196,8 @@ def test_active_migration_renamed_keeps_every_page(hosts: Callable[..., LdmHost]
     assert p.migrate("-n", "-p", str(p.pwfile), "ldg1", f"{USER}@{TARGET}:ldg2").returncode == 0
     r = p.migrate("-p", str(p.pwfile), "ldg1", f"{USER}@{TARGET}:ldg2")
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
-    assert "ldg1" not in p.src.ldm("ls").stdout and not pid_alive(src_pid)
+    assert "ldg1" not in p.src.ldm("ls").stdout
+    wait_for("the source's guest killed", lambda: not pid_alive(src_pid))  # SIGKILLed, not waited for
     moved = p.dst.parseable("ldg2")
     assert moved["state"] == "active" and moved["flags"] == "-n----"
     assert p.dst.ldm("ls-constraints", "-x", "ldg2").stdout == xml.replace(
@@ -392,7 +393,8 @@ def test_link_lost_at_the_hand_over_then_the_target_kept_it(
         == f"LDom ldg1 runs on {TARGET}: its migration had completed, so the copy on this host was removed\n"
     )
     assert "ldg1" not in p.src.ldm("ls").stdout
-    assert src_pid is not None and not pid_alive(src_pid)
+    assert src_pid is not None
+    wait_for("the source's guest killed", lambda: not pid_alive(src_pid))
 
 
 def test_target_crash_before_it_held_the_domain(hosts: Callable[..., LdmHost], tmp_path: Path) -> None:

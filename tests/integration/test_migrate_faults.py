@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -30,6 +29,7 @@ from ldoms.peer.errors import PeerError
 from ldoms.peer.link import LENGTH, PeerLink
 from ldoms.peer.listener import PeerListener
 from tests.conftest import Reaper, kill_processes_mentioning
+from tests.faults.netns import Unavailable, start_in, veth_link
 from tests.integration.conftest import LDMD, LdmHost, wait_for
 from tests.integration.test_migrate_e2e import TARGET, TRAILER, USER, add_guest, make_pair, make_room
 
@@ -162,54 +162,17 @@ def test_fake_targets(hosts: Callable[..., LdmHost], tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ network namespaces
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-
-
 @pytest.fixture
 def namespaces(tmp_path: Path, reaper: Reaper) -> Iterator[tuple[str, str, str, str]]:
-    if os.geteuid() != 0:
-        pytest.skip("creating network namespaces (ip netns) needs root")
-    if shutil.which("ip") is None:
-        pytest.skip("the `ip` command (iproute2) is not installed")
-    tag = f"{os.getpid() % 10000}"
-    ns_a, ns_b = f"ldmsrc{tag}", f"ldmdst{tag}"
-    made: list[str] = []
+    """Two namespaces joined by a veth pair (tests.faults.netns), removed pass or fail."""
     try:
-        for ns in (ns_a, ns_b):
-            r = _ip("netns", "add", ns)
-            if r.returncode != 0:
-                pytest.skip(f"cannot create network namespace {ns}: {r.stderr.strip()}")
-            made.append(ns)
-        ip_a, ip_b = f"10.{tag[-2:].lstrip('0') or '0'}.199.1", f"10.{tag[-2:].lstrip('0') or '0'}.199.2"
-        veth_a, veth_b = f"va{tag}", f"vb{tag}"
-        for cmd in (
-            ("link", "add", veth_a, "netns", ns_a, "type", "veth", "peer", "name", veth_b, "netns", ns_b),
-            ("-n", ns_a, "addr", "add", f"{ip_a}/30", "dev", veth_a),
-            ("-n", ns_b, "addr", "add", f"{ip_b}/30", "dev", veth_b),
-            ("-n", ns_a, "link", "set", veth_a, "up"),
-            ("-n", ns_b, "link", "set", veth_b, "up"),
-            ("-n", ns_a, "link", "set", "lo", "up"),
-            ("-n", ns_b, "link", "set", "lo", "up"),
-        ):
-            r = _ip(*cmd)
-            if r.returncode != 0:
-                pytest.skip(f"cannot set up the veth link (ip {' '.join(cmd)}): {r.stderr.strip()}")
-        yield ns_a, ns_b, ip_a, ip_b
-    finally:
-        kill_processes_mentioning([tmp_path.resolve()])  # ldmds and guests first: then the namespaces go
-        for ns in made:
-            _ip("netns", "del", ns)
-
-
-def start_in(ns: str, h: LdmHost, listen: str) -> None:
-    with open(h.stderr_path, "a") as err:
-        h.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, LDMD, "--home", str(h.home), "--platform", h.platform,
-             "--name", h.name, "--listen", listen],
-            stdin=subprocess.DEVNULL, stdout=err, stderr=err, text=True,
-        )  # fmt: skip
-    h.wait_ready()
+        with veth_link("ldmt") as link:
+            try:
+                yield link.ns_a, link.ns_b, link.ip_a, link.ip_b
+            finally:
+                kill_processes_mentioning([tmp_path.resolve()])  # ldmds and guests first, then the netns
+    except Unavailable as e:
+        pytest.skip(str(e))
 
 
 def test_migration_between_two_network_namespaces(

@@ -516,3 +516,20 @@ def test_tls12_client_is_accepted(hosts: Hosts, listener: PeerListener) -> None:
             with pytest.raises(ssl.SSLError), ctx.wrap_socket(raw):
                 pass
             raw.close()
+
+
+def test_both_ends_send_small_messages_without_delay(hosts: Hosts) -> None:
+    """TCP_NODELAY on both ends of the control link: two small messages back to back (Progress, then
+    Suspend) must not wait for the peer's delayed ACK in the middle of a guest's pause."""
+    seen: list[int] = []
+
+    def handler(link: PeerLink) -> None:
+        seen.append(link._live().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        link.send_frame(b"ok")
+
+    with PeerListener(hosts.dst, "127.0.0.1:0", handler, handshake_timeout=WAIT) as lst:
+        pin(hosts, lst)
+        with connect_peer(hosts.src, "hostb", certificate_mode=False, timeout=WAIT) as link:
+            assert link._live().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            assert link.recv_frame() == b"ok"
+    assert len(seen) == 1 and seen[0] != 0

@@ -77,6 +77,8 @@ class KillHost(LdmHost):
             argv = proc.cmdline(pid)
             if GUEST_MODULE not in argv or _arg(argv, "--dir") != guests_dir:
                 continue
+            if "--zygote" in argv:  # the launcher guests are forked from (ldoms.hv.zygote), not a guest
+                continue
             st = proc.stat(pid)
             if st is None or st.dead:
                 continue

@@ -37,6 +37,7 @@ a replay diverges after the first in-flight kill that ends differently, but ever
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from dataclasses import replace
@@ -51,6 +52,7 @@ from ldoms.model.machine import Machine
 from ldoms.model.platforms import load_platform
 from ldoms.units import M
 from tests.integration.conftest import DEADLINE_S, pid_alive, wait_for
+from tests.integration.test_migrate_e2e import environment
 from tests.recovery.campaign import LOST, Campaign, Outcome, campaign_seed, run_campaign
 from tests.recovery.commands import SETUP, predict
 from tests.recovery.conftest import KillHost, binding_problems, signal_pending
@@ -121,11 +123,13 @@ def test_a_start_killed_before_its_commit_leaves_no_orphan(kill_host: KillHost) 
     h.make_room()
     h.add_guest("ldg1", start=False)
     pre = h.machine_doc()
+    h.term()  # the guest will hold before it is ready (its pid file): ldmd cannot commit the start
+    with environment(LDMD_TEST_HOOKS=json.dumps({"pause": {"guest:ready": 60}})):
+        h.restart()
     p = h.spawn_ldm("start-domain", "ldg1")
     wait_for("the guest process of ldg1 to appear", lambda: "ldg1" in h.guest_processes())
     orphans = h.guest_processes()["ldg1"]
-    for pid in orphans:
-        os.kill(pid, signal.SIGSTOP)  # held before it is ready (its pid file): ldmd cannot commit the start
+    wait_for("the guest to hold", lambda: "holding 60 s at guest:ready" in _log(h, "ldg1"))
     assert not (h.home / "guests" / "ldg1.pid").exists()
     h.kill9()
     r = p.communicate(timeout=DEADLINE_S)
@@ -136,6 +140,13 @@ def test_a_start_killed_before_its_commit_leaves_no_orphan(kill_host: KillHost) 
     assert not any(pid_alive(pid) for pid in orphans)
     assert not (h.home / "guests" / "ldg1.mem").exists()
     assert "killed the guest of LDom ldg1" in (h.home / "ldmd.log").read_text()
+
+
+def _log(h: KillHost, name: str) -> str:
+    try:
+        return (h.home / "guests" / f"{name}.log").read_text()
+    except FileNotFoundError:
+        return ""
 
 
 # ------------------------------------------------------------------------------- the checks have teeth

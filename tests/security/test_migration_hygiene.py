@@ -60,7 +60,7 @@ def page_holders(home: Path, domain: str) -> list[str]:
             name.endswith(MEMORY_SUFFIXES) or ".scrub-" in name
         ):
             out.append(str(p.relative_to(home)))
-    out += [str(p.relative_to(home)) for p in (home / "migrations").glob("*.image")]
+    out += [str(p.relative_to(home)) for p in home.rglob("*.image")]  # staged (HOME/guests/.incoming)
     return sorted(out)
 
 

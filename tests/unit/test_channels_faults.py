@@ -4,6 +4,7 @@ Every case ends with the specific error and with no thread or worker process lef
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import signal
@@ -468,3 +469,32 @@ def test_an_internal_failure_in_a_lane_is_reported_with_its_cause(
     with pytest.raises(errs.DataPlaneError, match="data channel 0: internal failure: RuntimeError: scanner"):
         tx.send_round(1, np.arange(8))
     b.close()
+
+
+# ------------------------------------------------------------------------------------------ a full disk
+def test_a_target_filesystem_that_fills_up_is_no_space(
+    tmp_path: Path, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch, no_leftovers: None
+) -> None:
+    """The receiver's lanes pwrite the image: ENOSPC on the third write is a NoSpace error naming the image
+    (never a SIGBUS in a mapping), and the sender is told the channel closed."""
+    src = memory(256)
+    s, d = files(tmp_path, src)
+    real, calls = os.pwrite, [0]
+
+    def fills_up(fd: int, data: Any, off: int) -> int:
+        calls[0] += 1
+        if calls[0] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, off)
+
+    monkeypatch.setattr(os, "pwrite", fills_up)
+    a, b = socket.socketpair()
+    rx = DataPlaneReceiver(SECRET, "m", [b], d, workers="threads", frame_bytes=FRAME)
+    tx = DataPlaneSender(SECRET, "m", [a], s, workers="threads", frame_bytes=FRAME)
+    sending = pool.submit(tx.send_round, 1, np.arange(256))
+    with pytest.raises(errs.NoSpace, match=f"{d.path}: no space left on device") as e:
+        rx.receive_round(1)
+    assert e.value.code == "no-space"
+    with pytest.raises(errs.DataPlaneError):
+        sending.result()
+    tx.abort()

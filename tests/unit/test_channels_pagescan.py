@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ldoms.migration.compress import Compression, CompressionGovernor, Plan, compress, decompress
@@ -179,3 +179,23 @@ def test_auto_without_a_send_measurement_goes_by_ratio() -> None:
     g2 = CompressionGovernor("auto")
     g2.observe_compress(16384, 16000, 0.001)
     assert not g2.active
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["zero", "first-word", "last-word", "random"]), min_size=1, max_size=40),
+       st.data())  # fmt: skip
+def test_classify_matches_a_full_scan(kinds: list[str], data: st.DataObject) -> None:
+    """Pages whose first word is zero are read through: a page with data only at its end is not zero."""
+    pages = np.zeros((len(kinds), PAGE_SIZE // 8), dtype=np.uint64)
+    for i, kind in enumerate(kinds):
+        if kind == "first-word":
+            pages[i, 0] = 1
+        elif kind == "last-word":
+            pages[i, -1] = 1 << 63
+        elif kind == "random":
+            pages[i, data.draw(st.integers(1, PAGE_SIZE // 8 - 1))] = 7
+    first = data.draw(st.integers(0, len(kinds) - 1))
+    count = data.draw(st.integers(0, len(kinds) - first))
+    expect = bool_runs(~pages[first : first + count].any(axis=1))
+    expect[:, 0] += first
+    assert classify(pages, first, count).tolist() == expect.tolist()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ldoms.daemon.sockpath import connect_unix
+from ldoms.daemon.sockpath import connect_unix, read_line
 from ldoms.hv import proc
 from ldoms.hv.files import GuestFiles, PidRecord
 from ldoms.hv.memory import allocated_bytes
@@ -39,13 +39,7 @@ def sup(tmp_path: Path, reaper: Reaper) -> GuestSupervisor:
 def ctl(sup: GuestSupervisor, name: str, request: bytes) -> dict[str, object]:
     with connect_unix(sup.files(name).ctl, timeout=5) as s:
         s.sendall(request)
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data)
+        return json.loads(read_line(s, 1 << 20))
 
 
 def test_started_guest_is_a_separate_session_with_a_sparse_memory_file(sup: GuestSupervisor) -> None:
@@ -80,6 +74,23 @@ def test_stop_ends_the_guest_and_removes_its_memory(sup: GuestSupervisor) -> Non
     assert not files.mem.exists() and not files.pid.exists() and not files.ctl.exists()
     assert sup.find("ldg1") is None
     sup.stop("ldg1")  # stopping a stopped guest is not an error
+
+
+def test_discard_kills_at_once_and_the_name_is_free_again(sup: GuestSupervisor) -> None:
+    rec = sup.start(domain())
+    sup.discard("ldg1")
+    files = sup.files("ldg1")
+    assert not files.mem.exists() and not files.pid.exists() and not files.ctl.exists()
+    assert sup.find("ldg1") is None
+    again = sup.start(domain())  # at once: the killed guest runs no clean-up that could remove these files
+    deadline = time.monotonic() + 20
+    while proc.alive(rec.pid, rec.starttime):
+        assert time.monotonic() < deadline, "the discarded guest did not die"
+        time.sleep(0.01)
+    sup.reap()
+    assert sup.find("ldg1") == again and files.mem.exists()
+    sup.discard("ldg1")
+    sup.discard("ldg1")  # nothing left to discard: not an error
 
 
 def test_guest_exits_cleanly_on_sigterm_when_not_our_child(tmp_path: Path, reaper: Reaper) -> None:

@@ -4,7 +4,6 @@ cancel callbacks, the journal writes the control channel skips, and the bounded 
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import threading
@@ -16,7 +15,8 @@ from ldoms.binding import factory_default
 from ldoms.daemon.host import Host
 from ldoms.hv.supervisor import GuestSupervisor
 from ldoms.migration import live_target
-from ldoms.migration.dataplane_keys import migration_tag
+from ldoms.migration.dataplane_gate import seal_preamble
+from ldoms.migration.dataplane_keys import KeySchedule, migration_tag
 from ldoms.migration.dataplane_link import (
     MAGIC,
     PREAMBLE,
@@ -35,16 +35,18 @@ from ldoms.model.platforms import load_platform
 from ldoms.store import Store
 from ldoms.units import PAGE_SIZE, M
 
-
 # ------------------------------------------------------------------------------------------ data channels
+SECRET = bytes(range(32))
+
+
 def test_channels_arrive_in_channel_order_and_strangers_are_refused() -> None:
-    lst = ChannelListener("127.0.0.1", "mig-1", 3, idle_s=5)
+    lst = ChannelListener("127.0.0.1", "mig-1", 3, secret=SECRET, idle_s=5)
     stray = socket.create_connection(("127.0.0.1", lst.port))
     stray.sendall(PREAMBLE.pack(MAGIC, migration_tag("another"), 0, 3))  # another migration's channel
     got: list[socket.socket] = []
     t = threading.Thread(target=lambda: got.extend(lst.accept_all(10)))
     t.start()
-    socks = open_channels("127.0.0.1", lst.port, "mig-1", 3, connect_s=5, idle_s=5)
+    socks = open_channels("127.0.0.1", lst.port, "mig-1", 3, secret=SECRET, connect_s=5, idle_s=5)
     t.join(10)
     try:
         assert len(got) == 3
@@ -59,16 +61,17 @@ def test_channels_arrive_in_channel_order_and_strangers_are_refused() -> None:
 
 
 def test_missing_channels_meet_the_deadline() -> None:
-    lst = ChannelListener("127.0.0.1", "mig-2", 2, idle_s=5)
+    lst = ChannelListener("127.0.0.1", "mig-2", 2, secret=SECRET, idle_s=5)
     first = socket.create_connection(("127.0.0.1", lst.port))
-    first.sendall(PREAMBLE.pack(MAGIC, migration_tag("mig-2"), 0, 2))  # channel 0 of 2; channel 1 never comes
+    key = KeySchedule(SECRET, "mig-2").preamble_key()
+    first.sendall(seal_preamble(key, migration_tag("mig-2"), 0, 2))  # channel 0 of 2; channel 1 never comes
     one = [first]
     with pytest.raises(DataLinkError, match=r"only \d of 2 data channels connected within 0.3 s"):
         lst.accept_all(0.3)
     for s in one:
         s.close()
     with pytest.raises(DataLinkError, match="Cannot open data channel 0 of 1"):
-        open_channels("127.0.0.1", lst.port, "mig-2", 1, connect_s=1, idle_s=1)  # the listener is closed
+        open_channels("127.0.0.1", lst.port, "mig-2", 1, secret=SECRET, connect_s=1, idle_s=1)  # port closed
 
 
 def test_idle_deadline_is_recognised() -> None:
@@ -78,20 +81,22 @@ def test_idle_deadline_is_recognised() -> None:
 
 
 # ------------------------------------------------------------------------------------------- the image
-def test_image_reserves_the_data_ranges(tmp_path: Path) -> None:
+def test_the_image_is_sparse_and_never_someone_elses(tmp_path: Path) -> None:
     path = tmp_path / "ldg1.mem"
     create_image(path, 64 * M, [(0, 2 * M), (8 * M, M)], host="h2")
     assert path.stat().st_size == 64 * M
-    assert path.stat().st_blocks * 512 >= 3 * M  # the data ranges' blocks are allocated, not the rest
+    assert path.stat().st_blocks == 0  # nothing allocated ahead: the lanes' pwrite allocates the pages
     with pytest.raises(Exception, match="cannot create the memory image"):
         create_image(path, 64 * M, [], host="h2")  # exists already: never someone else's file
 
 
 def test_a_full_disk_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def full(fd: int, off: int, n: int) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real = os.statvfs(tmp_path)
 
-    monkeypatch.setattr(live_target.os, "posix_fallocate", full)
+    class Full:
+        f_frsize, f_bavail = real.f_frsize, (16 * M) // real.f_frsize
+
+    monkeypatch.setattr(live_target.os, "statvfs", lambda p: Full())
     path = tmp_path / "ldg1.mem"
     with pytest.raises(ImageSpaceError) as e:
         create_image(path, 64 * M, [(0, 32 * M)], host="h2")
@@ -99,6 +104,14 @@ def test_a_full_disk_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         f"Target host h2 has no room for the memory image: {path}: no space left"
     )
     assert "32 MiB of guest data" in e.value.message and not path.exists()
+    create_image(path, 64 * M, [(0, 8 * M)], host="h2")  # what fits is accepted
+    assert path.exists()
+
+
+def test_a_missing_directory_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "gone" / "ldg1.mem"
+    with pytest.raises(Exception, match=f"Target host h2 cannot create the memory image {path}: no such"):
+        create_image(path, 64 * M, [(0, M)], host="h2")
 
 
 def test_offered_ranges_are_checked() -> None:

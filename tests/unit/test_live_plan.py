@@ -80,7 +80,9 @@ def test_more_crypto_units_and_vcpus_mean_more_channels() -> None:
     assert side_channels(PrimaryCaps(vcpus=8, maus=2), cores=16) == 3
     assert side_channels(PrimaryCaps(vcpus=16, maus=0), cores=16) == 2
     assert side_channels(PrimaryCaps(vcpus=2, maus=4), cores=16) == 2  # never more than its vCPUs
-    assert side_channels(PrimaryCaps(vcpus=64, maus=8), cores=2) == 2  # nor than the real cores
+    assert side_channels(PrimaryCaps(vcpus=64, maus=8), cores=4) == 2  # nor than one per two real cores
+    assert side_channels(PrimaryCaps(vcpus=8, maus=1), cores=2) == 1  # a second one would share a core
+    assert side_channels(PrimaryCaps(vcpus=8, maus=1), cores=3) == 1
     assert side_channels(PrimaryCaps(vcpus=128, maus=16), cores=64) == MAX_DATA_CHANNELS
     assert side_channels(PrimaryCaps(vcpus=0, maus=0), cores=0) == 1
     big, small = PrimaryCaps(vcpus=32, maus=4), PrimaryCaps(vcpus=8, maus=1)

@@ -25,7 +25,7 @@ def unchanged(p: Pair, before: tuple[Machine, Machine]) -> None:
     assert (p.src.machine, p.dst.machine) == before
     assert (p.src.stored(), p.dst.stored()) == before
     assert not p.src.host.migrating and not p.dst.host.migrating
-    assert not list((p.dst.home / "migrations").glob("*.image"))
+    assert not list(p.dst.home.rglob("*.image"))  # staged incoming images (HOME/guests/.incoming)
 
 
 @pytest.fixture

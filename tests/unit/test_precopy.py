@@ -97,11 +97,51 @@ def test_idle_guest_converges_in_round_1() -> None:
 def test_256m_dirtying_over_512m_converges_on_a_1g_link(auto_converge: bool) -> None:
     run = simulate(PrecopyPolicy(auto_converge=auto_converge), memory=2 * G, link=G, dirty_rate=256 * M,
                    working_set=512 * M)
-    # round 1: 2 s, 512M dirty (the whole working set); round 2: 0.5 s, 128M dirty -> 125 ms + 20 ms fits
-    assert [type(d) for d in run.decisions] == [CopyAgain, SwitchOver]
-    assert run.last.pages == 128 * M // P
-    assert run.last.expected_downtime_s == pytest.approx(0.125 + 0.020)
+    # round 1: 2 s, 512M dirty (the whole working set); round 2: 0.5 s, 128M dirty -> 125 ms + 20 ms fits,
+    # but a round of 125 ms would leave 32M (31 + 20 ms): copy it; then 8M (8 + 20 ms): copy it too; then
+    # the copy part (8 ms) is below the resume overhead: switch
+    assert [type(d) for d in run.decisions] == [CopyAgain, CopyAgain, CopyAgain, SwitchOver]
+    assert run.last.pages == 8 * M // P
+    assert run.last.expected_downtime_s == pytest.approx(0.0078125 + 0.020)
     assert run.throttles == []
+
+
+def test_a_round_is_added_only_when_it_shortens_the_pause() -> None:
+    pc = Precopy("ldg1", 4 * G)
+    # 64M dirty in a 4 s round at 1G/s: a 62.5 ms round would leave 1M: 21 ms instead of 82.5 ms
+    assert pc.feed(report(1, sent=4 * G, seconds=4.0, dirty=64 * M // P)) == CopyAgain(
+        round=2, pages=64 * M // P, expected_s=pytest.approx(0.0625))
+    # the guest wrote 16M in that round (dirtying faster): 36 ms now, mostly the resume overhead
+    d = pc.feed(report(2, sent=64 * M, seconds=0.0625, dirty=16 * M // P))
+    assert isinstance(d, SwitchOver) and d.expected_downtime_s == pytest.approx(0.020 + 16 / 1024, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "policy, rounds",
+    [
+        (PrecopyPolicy(max_rounds=2), 1),  # the next round would be the last one allowed: switch now
+        (PrecopyPolicy(max_time_s=1.0), 1),  # out of time
+    ],
+)
+def test_no_extra_round_without_rounds_or_time_to_spare(policy: PrecopyPolicy, rounds: int) -> None:
+    pc = Precopy("ldg1", 4 * G, policy)
+    d = pc.feed(report(rounds, sent=4 * G, seconds=4.0, dirty=64 * M // P, elapsed=4.0))
+    assert isinstance(d, SwitchOver)
+
+
+def test_a_round_that_would_not_cut_the_pause_by_a_quarter_is_not_copied() -> None:
+    pc = Precopy("ldg1", 4 * G)
+    # 200M dirtied in a 0.5 s round at 1G/s: 215 ms; a 195 ms round would leave 78M (96 ms): copy it
+    assert isinstance(pc.feed(report(1, sent=G // 2, seconds=0.5, dirty=200 * M // P)), CopyAgain)
+    # now 180M dirtied in 0.195 s (the guest writes fast): 196 ms; the next would leave 180M again
+    d = pc.feed(report(2, sent=200 * M, seconds=0.195, dirty=180 * M // P))
+    assert isinstance(d, SwitchOver)
+
+
+def test_no_extra_round_when_the_pause_is_mostly_overhead() -> None:
+    pc = Precopy("ldg1", G)
+    # 10 pages: the copy part is far below the 20 ms resume overhead
+    assert isinstance(pc.feed(report(1, sent=G, seconds=1.0, dirty=10)), SwitchOver)
 
 
 def test_256m_dirtying_over_512m_needs_the_throttle_on_a_200m_link() -> None:
@@ -165,7 +205,8 @@ def test_the_bandwidth_cap_bounds_the_estimate() -> None:
     assert d == CopyAgain(round=2, pages=64 * M // P, expected_s=pytest.approx(0.64))
     free = Precopy("ldg1", 4 * G)
     assert free.start() == CopyAgain(round=1, pages=4 * G // P, expected_s=None)
-    assert isinstance(free.feed(report(1, sent=4 * G, seconds=4.0, dirty=64 * M // P)), SwitchOver)
+    d = free.feed(report(1, sent=4 * G, seconds=4.0, dirty=64 * M // P))
+    assert free.link_rate == G and d.expected_s == pytest.approx(0.0625)  # 64M at the measured 1G/s
 
 
 def test_the_bandwidth_cap_is_named_when_it_holds_the_migration_back() -> None:
@@ -271,7 +312,7 @@ def test_progress_is_weighted_by_bytes_and_reaches_100_only_at_completion() -> N
 
 def test_progress_grows_with_each_round() -> None:
     run = simulate(PrecopyPolicy(), memory=2 * G, link=G, dirty_rate=256 * M, working_set=512 * M)
-    assert run.progress == [80, 95]  # 2G/(2G+512M), 2.5G/(2.5G+128M)
+    assert run.progress == [80, 95, 98, 99]  # 2G/(2G+512M), 2.5G/(2.5G+128M), 2.625G/(2.625G+32M), ...
 
 
 def test_progress_after_giving_up_stays_where_it_was() -> None:
