@@ -100,7 +100,16 @@ class GuestOps:
             raise OpExecError(f"the vCPU state of LDom {name} is not readable: {e}") from None
         if not isinstance(state, dict):
             raise OpExecError(f"the vCPU state of LDom {name} is not an object")
-        answer = self.guests.control(name).restore(state, timeout=RESTORE_TIMEOUT_S)
+        try:
+            answer = self.guests.control(name).restore(state, timeout=RESTORE_TIMEOUT_S)
+        except LdmError:
+            if filesystem_full(self.guests.dir):
+                # a write to a hole of the image on a full filesystem: SIGBUS killed the guest mid-answer
+                raise OpExecError(
+                    f"The guest of LDom {name} died restoring its state: the filesystem of {self.guests.dir} "
+                    "is full, so its memory image could not grow; free space there and try again"
+                ) from None
+            raise
         downtime = answer.get("downtime")
         if isinstance(downtime, bool) or not isinstance(downtime, int | float):
             return None
@@ -111,3 +120,12 @@ class GuestOps:
         if rec is None:
             raise OpExecError(f"the guest of LDom {name} is not running")
         return rec.pid
+
+
+def filesystem_full(directory: Path) -> bool:
+    """Whether the filesystem of `directory` has not one free page left for a guest's memory."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024

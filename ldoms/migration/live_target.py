@@ -111,11 +111,13 @@ class ControlLinkImage:
 
 # -------------------------------------------------------------------------------------------- data plane
 def create_image(path: Path, size: int, ranges: Sequence[tuple[int, int]], *, host: str) -> None:
-    """A new sparse image of `size` bytes, on a filesystem with room for the data of `ranges`
-    (ImageSpaceError otherwise: the message names the host and the path).  Nothing is reserved: the lanes'
-    writes allocate the pages (`sink.FileSink`), and a filesystem that fills up meanwhile fails the write
-    with ENOSPC, reported the same way."""
-    needed = sum(n for _, n in ranges)
+    """A new sparse image of `size` bytes, on a filesystem with room for all of it (ImageSpaceError
+    otherwise: the message names the host and the path).  All of it, not only the source's data `ranges`:
+    the guest will write its holes too, and on a full filesystem a write to a hole of a mapped file is a
+    SIGBUS that kills the guest (at its restore, or later).  Nothing is reserved: the lanes' writes allocate
+    the pages (`sink.FileSink`), and a filesystem that fills up meanwhile fails the write with ENOSPC,
+    reported the same way."""
+    needed = max(size, sum(n for _, n in ranges))
     try:
         st = os.statvfs(path.parent)
     except OSError as e:
@@ -140,8 +142,8 @@ def _space_error(e: OSError, host: str, path: Path, size: int) -> TransferError:
     mib = size / (1024 * 1024)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return ImageSpaceError(
-            f"Target host {host} has no room for the memory image: {path}: {why} ({mib:.0f} MiB of guest "
-            "data to place); free space there and try again"
+            f"Target host {host} has no room for the memory image: {path}: {why} ({mib:.0f} MiB for the "
+            "domain's memory); free space there and try again"
         )
     return TransferError(f"Target host {host} cannot create the memory image {path}: {why}")
 

@@ -99,12 +99,12 @@ def test_a_full_disk_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(live_target.os, "statvfs", lambda p: Full())
     path = tmp_path / "ldg1.mem"
     with pytest.raises(ImageSpaceError) as e:
-        create_image(path, 64 * M, [(0, 32 * M)], host="h2")
+        create_image(path, 64 * M, [(0, 8 * M)], host="h2")  # the data fits, the whole memory does not
     assert e.value.message.startswith(
         f"Target host h2 has no room for the memory image: {path}: no space left"
     )
-    assert "32 MiB of guest data" in e.value.message and not path.exists()
-    create_image(path, 64 * M, [(0, 8 * M)], host="h2")  # what fits is accepted
+    assert "(64 MiB for the domain's memory)" in e.value.message and not path.exists()
+    create_image(path, 16 * M, [(0, 8 * M)], host="h2")  # what fits is accepted
     assert path.exists()
 
 
