@@ -24,7 +24,8 @@ workload from STATE (the source's suspend answer), runs its first step at once a
 file (`PidRecord.downtime`, so `GuestSupervisor.start` returns it).  With `"incoming": {"standby": true}` the
 guest comes up early, maps the memory as the receiver fills it, and waits suspended for a `restore`
 request carrying STATE: the downtime then excludes the interpreter's start-up.  Clocks: the downtime
-compares two hosts' wall clocks; it is exact when they are one machine (tests) or synchronised.
+subtracts a source-clock time from a target-clock one; the source ldmd moves STATE's suspended_at onto the
+target's clock first (`ldoms.migration.live_plan.on_peer_clock`), so skew between the hosts does not count.
 
 Paths are relative to the guests directory (the process changes into it), which keeps the control socket's
 path short whatever the home's length.

@@ -453,8 +453,12 @@ class Ping(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Pong(Event):
+    """`wall_us`: the answering host's wall clock (microseconds since the epoch) when it answered: the
+    source estimates the two hosts' clock offset from it (`live_plan.clock_offset_s`)."""
+
     TYPE = MessageType.PONG
     nonce: int = field(metadata=ruled(integer(0, 2**63 - 1)))
+    wall_us: int | None = field(default=None, metadata=ruled(optional(integer(0, 2**63 - 1))))
 
 
 EVENT_CLASSES: dict[MessageType, type[Event]] = {

@@ -250,3 +250,30 @@ class ProgressGate:
             self._last, self._phase = now, phase
             return True
         return False
+
+
+# ------------------------------------------------------------------------------------------------ clocks
+def clock_offset_s(sent: float, received: float, peer_wall_us: int | None) -> float | None:
+    """The peer's wall clock minus ours, from a Ping sent at `sent` and its Pong, stamped `peer_wall_us`
+    by the peer, received at `received` (our wall clock): the peer read its clock about half way, so the
+    estimate is off by at most half the round trip.  None when the Pong carried no time."""
+    if peer_wall_us is None or received < sent:
+        return None
+    return peer_wall_us / 1_000_000 - (sent + received) / 2
+
+
+def on_peer_clock(state: bytes, offset_s: float | None) -> bytes:
+    """A guest's suspend state with its `suspended_at` (our wall clock) moved to the target's clock, so
+    the downtime the target's guest measures against its own clock does not include the hosts' clock skew.
+    A state that is not a JSON object with a numeric `suspended_at` is passed on as it is."""
+    if offset_s is None:
+        return state
+    try:
+        doc = json.loads(state)
+    except ValueError:
+        return state
+    at = doc.get("suspended_at") if isinstance(doc, dict) else None
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        return state
+    doc["suspended_at"] = at + offset_s
+    return json.dumps(doc).encode()

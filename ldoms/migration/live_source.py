@@ -51,6 +51,8 @@ from ldoms.migration.live_plan import (
     chunk_descriptor,
     chunks_of_indices,
     chunks_of_ranges,
+    clock_offset_s,
+    on_peer_clock,
     pacing_delay,
     transfer_percent,
 )
@@ -181,9 +183,9 @@ class _Job:
     def _suspend(self, round_no: int) -> bytes:
         ctx = self.ctx
         ctx.check_cancel()
-        self._barrier()
+        offset = self._barrier()
         ctx.check_cancel()
-        state = ctx.guest.suspend()
+        state = on_peer_clock(ctx.guest.suspend(), offset)  # its suspend time, on the target's clock
         self.suspended_at = time.monotonic()
         self.phase = "suspended"
         self._progress(round_no, 0, 0, force=True)
@@ -195,15 +197,18 @@ class _Job:
             raise UnexpectedEvent(ack, "SuspendAck")
         return state
 
-    def _barrier(self) -> None:
+    def _barrier(self) -> float | None:
         """Ping the target and wait for its Pong before the suspend: it answers once it has taken every
-        chunk so far and its standby guest is up, so none of that falls into the pause."""
+        chunk so far and its standby guest is up, so none of that falls into the pause.  Returns the
+        target's clock offset the Pong tells (`clock_offset_s`), for the guest's suspend time."""
         ctx = self.ctx
         nonce = secrets.randbits(62)
+        sent = time.time()
         ctx.channel.send(Ping(nonce=nonce))
         ev = ctx.channel.receive(timeout=ctx.barrier_s)
         if not isinstance(ev, Pong) or ev.nonce != nonce:
             raise UnexpectedEvent(ev, "Pong")
+        return clock_offset_s(sent, time.time(), ev.wall_us)
 
     def _data_ranges(self) -> list[tuple[int, int]]:
         fd = os.open(self.ctx.memory.path, os.O_RDONLY)

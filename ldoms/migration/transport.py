@@ -56,6 +56,9 @@ HOOKS_ENV = "LDMD_TEST_HOOKS"
 HOLD_LIMIT_S = 120.0  # the longest a `hold` hook keeps a daemon waiting
 
 
+wall_clock = time.time  # the clock a Pong reports (a test makes a host's clock run off)
+
+
 @dataclass(frozen=True, slots=True)
 class TestHooks:
     """Fault points for integration tests (see the module docstring).  Points are `role:name`, e.g.
@@ -300,7 +303,7 @@ class ControlChannel:
             if isinstance(ev, Ping):
                 if self.before_pong is not None:
                     self.before_pong()
-                self.try_send(Pong(nonce=ev.nonce))
+                self.try_send(Pong(nonce=ev.nonce, wall_us=int(wall_clock() * 1_000_000)))
                 continue
             if isinstance(ev, Progress):
                 if self.on_progress is not None:

@@ -4,7 +4,9 @@ to the source's; the policy's refusal lifts the throttle; a cancel during the co
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from test_migrate_pair import Pair, hooks, make_pair
 from ldoms.checks.facts import GuestProfile
 from ldoms.hv.dirtymap import DirtyMap
 from ldoms.hv.memory import GuestMemory
+from ldoms.migration import transport
 from ldoms.migration.engine_source import MigrationRequest
 from ldoms.migration.precopy import PrecopyPolicy
 from ldoms.migration.runstate import Outcome
@@ -156,3 +159,26 @@ def test_cancel_during_the_copy_aborts_it(tmp_path: Path) -> None:
     finally:
         w.close()
         p.listener.close()
+
+
+def test_the_suspend_time_reaches_the_target_on_its_own_clock(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target's Pong carries its wall clock (an hour behind here); the state its guest restores holds
+    the source's suspend time moved onto that clock (SECURITY.md row 8)."""
+    w = live_guest(pair)
+    seen: list[float] = []
+    real_restore = pair.dst.guests.restore
+
+    def restore(name: str, cpu_state: bytes) -> float | None:
+        seen.append(json.loads(cpu_state)["suspended_at"])
+        return real_restore(name, cpu_state)
+
+    monkeypatch.setattr(transport, "wall_clock", lambda: time.time() - 3600.0)  # only targets answer Pings
+    monkeypatch.setattr(pair.dst.guests, "restore", restore)
+    try:
+        out = pair.migrate("ldg1")
+        assert out.ok, out.lines
+    finally:
+        w.close()
+    assert seen and seen[0] == pytest.approx(1.0 - 3600.0, abs=1.0)  # the fake guest suspended "at 1.0"
