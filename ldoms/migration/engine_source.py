@@ -9,7 +9,7 @@ domain, already migrating) is one immediate error; `run()` then does the rest in
    already failed, asks for a dry-run check so every problem of both sides is reported and nothing is
    reserved;
 4. Prepare / PrepareAck: the target's shell exists;
-   Active domains offer a data plane in Prepare (`source_plane.make_offer`: secret, channels, data ranges)
+   Active domains offer a data plane in Prepare (`source_plane.make_offer`: secret, channels, frame size)
    and open its channels to the port PrepareAck names;
 5. active domains only: the transfer step, then FinalState.  `live_source.LiveTransfer` runs live pre-copy
    for guests the checks' rules allow (`live_plan.transfer_kind`), and the 1.2 way (shrunk to one strand,

@@ -125,30 +125,6 @@ def chunks_of_indices(indices: np.ndarray, pages: int) -> Iterator[np.ndarray]:
         yield indices[i : i + pages]
 
 
-MAX_OFFERED_RANGES = 4096  # the data ranges the Prepare offer carries, at most (a JSON list)
-
-
-def coarsen_ranges(
-    ranges: Sequence[tuple[int, int]], limit: int = MAX_OFFERED_RANGES
-) -> list[tuple[int, int]]:
-    """At most `limit` ranges covering `ranges` (sorted): the smallest gaps are filled first, so the target
-    reserves a little more than the data, never less."""
-    out = [(int(o), int(n)) for o, n in ranges]
-    if len(out) <= limit or limit < 1:
-        return out
-    gaps = np.array([out[i + 1][0] - (out[i][0] + out[i][1]) for i in range(len(out) - 1)], dtype=np.int64)
-    keep = set(np.argsort(gaps, kind="stable")[len(out) - limit :].tolist())  # the largest gaps stay open
-    merged: list[tuple[int, int]] = []
-    start, end = out[0][0], out[0][0] + out[0][1]
-    for i in range(1, len(out)):
-        if i - 1 in keep:
-            merged.append((start, end - start))
-            start = out[i][0]
-        end = out[i][0] + out[i][1]
-    merged.append((start, end - start))
-    return merged
-
-
 def pacing_delay(sent_bytes: int, elapsed_s: float, cap: int) -> float:
     """How long to wait so that `sent_bytes` in `elapsed_s` stays within `cap` bytes per second."""
     if not cap or sent_bytes <= 0:

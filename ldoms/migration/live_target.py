@@ -5,8 +5,8 @@ Theory of operation (DESIGN 3.4-3.5).  The target engine makes one receiver at P
 transfer's control events; the receiver owns the image file until the hand-off:
 
 * `DataPlaneImage` creates the image where the guest will run it (sparse; PrepareAck does not wait for any
-  allocation: a filesystem without room for the source's data ranges is refused at once, naming the host and
-  the path, and one that fills up later fails a lane's write the same way, never a SIGBUS in a mapping);
+  allocation: a filesystem without room for the domain's memory is refused at once, naming the host and the
+  path, and one that fills up later fails a lane's write the same way, never a SIGBUS in a mapping);
   the lanes `pwrite` the pages (`sink.FileSink`), which on tmpfs allocates them without zeroing or mapping
   them first.  It listens on an ephemeral data port (`dataplane_link`), takes the N channels
   after PrepareAck, and receives with a `DataPlaneReceiver` straight into the image.  Each MemPages
@@ -110,14 +110,14 @@ class ControlLinkImage:
 
 
 # -------------------------------------------------------------------------------------------- data plane
-def create_image(path: Path, size: int, ranges: Sequence[tuple[int, int]], *, host: str) -> None:
+def create_image(path: Path, size: int, *, host: str) -> None:
     """A new sparse image of `size` bytes, on a filesystem with room for all of it (ImageSpaceError
-    otherwise: the message names the host and the path).  All of it, not only the source's data `ranges`:
+    otherwise: the message names the host and the path).  All of it, not only the pages that will travel:
     the guest will write its holes too, and on a full filesystem a write to a hole of a mapped file is a
     SIGBUS that kills the guest (at its restore, or later).  Nothing is reserved: the lanes' writes allocate
     the pages (`sink.FileSink`), and a filesystem that fills up meanwhile fails the write with ENOSPC,
     reported the same way."""
-    needed = max(size, sum(n for _, n in ranges))
+    needed = size
     try:
         st = os.statvfs(path.parent)
     except OSError as e:
@@ -179,7 +179,6 @@ class DataPlaneImage:
                 "the source's data-plane offer is malformed: channels must be a positive whole number "
                 f"(got {offered!r:.40}) and frame_bytes a whole number (got {frame_bytes!r:.40})"
             )
-        ranges = _ranges(offer.get("data_ranges"), size)
         self.path = path
         self.size = size
         self.host = host
@@ -202,7 +201,7 @@ class DataPlaneImage:
         self._error: TransferError | None = None
         self._ended = False  # every channel said goodbye
         self._pump: threading.Thread | None = None
-        create_image(path, size, ranges, host=host)
+        create_image(path, size, host=host)
         try:
             self.workers = choose_workers(Workers.AUTO, self.nchannels, True, os.cpu_count() or 1)
             self.listener = ChannelListener(
@@ -345,23 +344,6 @@ class DataPlaneImage:
             self.receiver.abort()
         if self._pump is not None and self._pump is not threading.current_thread():
             self._pump.join(10.0)
-
-
-def _ranges(value: Any, size: int) -> list[tuple[int, int]]:
-    """The source's data ranges, checked: whole pages inside the image (else nothing is reserved early)."""
-    if not isinstance(value, list | tuple):
-        return []
-    out: list[tuple[int, int]] = []
-    for item in value:
-        if not (isinstance(item, list | tuple) and len(item) == 2):
-            return []
-        off, n = item
-        if not (isinstance(off, int) and isinstance(n, int)) or off < 0 or n <= 0 or off + n > size:
-            return []
-        if off % PAGE_SIZE or n % PAGE_SIZE:
-            return []
-        out.append((off, n))
-    return out
 
 
 # ------------------------------------------------------------------------------------------------- scrub

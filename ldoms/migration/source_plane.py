@@ -2,9 +2,8 @@
 context, the 1.2 shrink to one strand, and failures of the data plane in words an operator can act on.
 
 - `make_offer`: a fresh per-migration secret (it travels only inside the verified TLS control link and is
-  never journaled), the channels this side can drive (`live_plan.side_channels`), the frame size, the
-  transfer kind, and the guest's data ranges (coarsened) so the target reserves and pre-touches exactly
-  those blocks before the copy starts.
+  never journaled), the channels this side can drive (`live_plan.side_channels`), the frame size and the
+  transfer kind.
 - `open_plane`: N channel sockets to the data port PrepareAck names, on the address the control link
   reached (`PeerLink.remote_address`), with the data-plane idle deadline; the test hook
   `source:corrupt-frame` puts a relay that flips one byte of channel 0's stream in between.
@@ -26,8 +25,7 @@ from ldoms.migration.channels import DEFAULT_FRAME_BYTES
 from ldoms.migration.dataplane_errors import DataPlaneError
 from ldoms.migration.dataplane_keys import new_secret
 from ldoms.migration.dataplane_link import is_idle_timeout, open_channels
-from ldoms.migration.live_plan import TransferKind, coarsen_ranges, primary_caps, side_channels
-from ldoms.migration.pagescan import data_ranges
+from ldoms.migration.live_plan import TransferKind, primary_caps, side_channels
 from ldoms.migration.transfer import TransferError
 from ldoms.migration.transport import MigrationPolicy
 from ldoms.model.domain import Domain
@@ -39,17 +37,11 @@ def make_offer(
 ) -> tuple[bytes, dict[str, Any]]:
     """(secret, Prepare.data_plane) for an active domain."""
     secret = new_secret()
-    fd = os.open(memory_path, os.O_RDONLY)
-    try:
-        ranges = coarsen_ranges(data_ranges(fd, size))
-    finally:
-        os.close(fd)
     offer: dict[str, Any] = {
         "secret": secret.hex(),
         "channels": side_channels(primary_caps(machine), os.cpu_count() or 1),
         "frame_bytes": DEFAULT_FRAME_BYTES,
         "kind": kind.value,
-        "data_ranges": [[o, n] for o, n in ranges],
     }
     return secret, offer
 

@@ -28,7 +28,6 @@ from ldoms.migration.live_plan import (
     chunk_descriptor,
     chunks_of_indices,
     chunks_of_ranges,
-    coarsen_ranges,
     pacing_delay,
     primary_caps,
     read_descriptor,
@@ -142,17 +141,6 @@ def test_pacing_keeps_the_average_under_the_cap() -> None:
     assert pacing_delay(0, 0.0, M) == 0.0
 
 
-def test_coarsened_ranges_cover_everything_within_the_limit() -> None:
-    ranges = [(i * 10, 2) for i in range(100)] + [(5000, 5)]
-    out = coarsen_ranges(ranges, 10)
-    assert len(out) <= 10
-    for o, n in ranges:
-        assert any(a <= o and o + n <= a + b for a, b in out)
-    assert out[-1] == (5000, 5)  # the largest gap stays open
-    assert coarsen_ranges(ranges[:3], 10) == ranges[:3]
-
-
-# ------------------------------------------------------------------------------------------ accounting
 def test_transcripts_agree_only_on_the_same_accounting() -> None:
     a, b, c = Transcript(), Transcript(), Transcript()
     for t in (a, b):
