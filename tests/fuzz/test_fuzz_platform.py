@@ -148,12 +148,14 @@ def mutated(draw: st.DrawFn) -> dict[str, Any]:
         where = draw(st.sampled_from(paths(doc)))
         parent = _parent(doc, where)
         action = draw(st.sampled_from(["replace", "replace", "drop", "add", "append"]))
+        # Drawn values are copied: a later mutation must not change a value the strategy holds (a shared
+        # constant altered in place made Hypothesis replay differently: FlakyStrategyDefinition).
         if action == "replace":
-            parent[where[-1]] = draw(HOSTILE_VALUES)
+            parent[where[-1]] = copy.deepcopy(draw(HOSTILE_VALUES))
         elif action == "drop":
             del parent[where[-1]]
         elif action == "add" and isinstance(parent, dict):
-            parent[draw(KEYS)] = draw(HOSTILE_VALUES)
+            parent[draw(KEYS)] = copy.deepcopy(draw(HOSTILE_VALUES))
         elif action == "append" and isinstance(parent, list):
             parent.append(copy.deepcopy(draw(st.sampled_from(parent))) if parent else {})
         if not paths(doc):
