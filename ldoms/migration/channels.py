@@ -40,7 +40,6 @@ or process outlives `close()`/`abort()`.  Except for `abort()`, a plane is used 
 from __future__ import annotations
 
 import contextlib
-import enum
 import mmap
 import multiprocessing
 import os
@@ -59,6 +58,7 @@ from ldoms.migration.compress import Compression
 from ldoms.migration.dataplane_keys import MAX_CHANNELS, KeySchedule
 from ldoms.migration.lanes import LaneSpec, MemoryFile, receiver_lane, sender_lane
 from ldoms.migration.pagescan import to_runs, work_units
+from ldoms.migration.workers import Workers, choose_workers, forkserver
 from ldoms.units import PAGE_SIZE
 
 __all__ = ["DataPlaneReceiver", "DataPlaneSender", "MemoryFile", "RoundStats", "Workers"]
@@ -69,29 +69,9 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 JOIN_DEADLINE_S = 5.0  # how long a lane may take to finish after its sockets were shut down
 
 
-class Workers(enum.StrEnum):
-    AUTO = "auto"
-    THREADS = "threads"
-    PROCESSES = "processes"
-
-
 def _unmap(mapping: mmap.mmap) -> None:
     with contextlib.suppress(BufferError):
         mapping.close()
-
-
-def choose_workers(asked: Workers | str, nchannels: int, memory_is_file: bool, cpus: int) -> Workers:
-    """What `workers="auto"` means.  Worker processes let the crypto of N channels use N cores (the GIL
-    serialises it in threads), but each costs a process and its own page-table faults on the memory; they
-    pay only when the cores are there to run them: more than one channel, a memory file they can map, and
-    at least two cores per channel (one for the lane, one for the kernel's share of its network work).
-    On a 2-core machine both ends share, threads were as fast or faster (bench/bench_dataplane.py)."""
-    mode = Workers(asked)
-    if mode is not Workers.AUTO:
-        return mode
-    return (
-        Workers.PROCESSES if nchannels > 1 and memory_is_file and cpus >= 2 * nchannels else Workers.THREADS
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,13 +105,6 @@ class _Lane:
         self.sock = sock
         self.runner = runner
         self.alive = True  # its pipe has not reported an end
-
-
-def _forkserver() -> Any:
-    ctx = multiprocessing.get_context("forkserver")
-    # a fresh worker then forks from a server that already imported the lanes (numpy, cryptography, lz4)
-    ctx.set_forkserver_preload(["ldoms.migration.lanes"])
-    return ctx
 
 
 class _Plane:
@@ -213,7 +186,7 @@ class _Plane:
             )
             runner.start()
             return _Lane(spec.channel, parent, sock, runner)
-        ctx = _forkserver()
+        ctx = forkserver()
         parent, child = ctx.Pipe()
         runner = ctx.Process(
             target=fn,
