@@ -60,12 +60,7 @@ class GuestOps:
         self.guests.control(name).resume()
 
     def start_incoming(self, dom: Domain, image: Path, cpu_state: bytes) -> PidRecord:
-        try:
-            state: Any = json.loads(cpu_state)
-        except ValueError as e:
-            raise OpExecError(f"the vCPU state of LDom {dom.name} is not readable: {e}") from None
-        if not isinstance(state, dict):
-            raise OpExecError(f"the vCPU state of LDom {dom.name} is not an object")
+        state = vcpu_state(dom.name, cpu_state)
         mem = self.memory_path(dom.name)
         if image.exists():
             self.guests.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -94,12 +89,7 @@ class GuestOps:
         return self.guests.start(dom, standby=True)
 
     def restore(self, name: str, cpu_state: bytes) -> float | None:
-        try:
-            state: Any = json.loads(cpu_state)
-        except ValueError as e:
-            raise OpExecError(f"the vCPU state of LDom {name} is not readable: {e}") from None
-        if not isinstance(state, dict):
-            raise OpExecError(f"the vCPU state of LDom {name} is not an object")
+        state = vcpu_state(name, cpu_state)
         try:
             answer = self.guests.control(name).restore(state, timeout=RESTORE_TIMEOUT_S)
         except LdmError:
@@ -120,6 +110,17 @@ class GuestOps:
         if rec is None:
             raise OpExecError(f"the guest of LDom {name} is not running")
         return rec.pid
+
+
+def vcpu_state(name: str, cpu_state: bytes) -> dict[str, Any]:
+    """The guest state a FinalState carried (a JSON object), or a clear error naming the domain."""
+    try:
+        state: Any = json.loads(cpu_state)
+    except ValueError as e:
+        raise OpExecError(f"the vCPU state of LDom {name} is not readable: {e}") from None
+    if not isinstance(state, dict):
+        raise OpExecError(f"the vCPU state of LDom {name} is not an object")
+    return state
 
 
 def filesystem_full(directory: Path) -> bool:

@@ -200,9 +200,12 @@ class GuestSupervisor:
                     raise OSError(f"the zygote answered {answer!r:.80}")
                 return int(answer["pid"])
             except (OSError, ValueError, GuestError) as e:
-                log.warning("the guest zygote of %s cannot fork LDom %s's guest (%s): starting it anew",
-                            self.dir, name, e)  # fmt: skip
+                # Not retried: a zygote that fails once may fail slowly every time (its start deadline is
+                # the guests'); exec'd guests are slower to start, not worse.
+                log.warning("the guest zygote of %s cannot fork LDom %s's guest (%s): guests are exec'd from "
+                            "now on", self.dir, name, e)  # fmt: skip
                 self.stop_zygote()
+                self.use_zygote = False
                 return None
 
     def warm_up(self) -> None:

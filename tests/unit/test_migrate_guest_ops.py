@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ldoms.daemon import migrate_guest
-from ldoms.daemon.migrate_guest import GuestOps, filesystem_full
+from ldoms.daemon.migrate_guest import GuestOps, filesystem_full, vcpu_state
 from ldoms.errors import OpExecError
 from ldoms.hv.control import GuestControlError
 from ldoms.hv.supervisor import GuestSupervisor
@@ -65,3 +65,16 @@ def test_filesystem_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert not filesystem_full(tmp_path / "missing")  # unknown: not "full"
     monkeypatch.setattr(migrate_guest.os, "statvfs", statvfs_with(4096))
     assert filesystem_full(tmp_path)
+
+
+def test_the_vcpu_state_must_be_a_json_object() -> None:
+    assert vcpu_state("ldg1", b'{"steps": 7}') == {"steps": 7}
+    with pytest.raises(OpExecError, match="the vCPU state of LDom ldg1 is not readable: Expecting value"):
+        vcpu_state("ldg1", b"garbage")
+    with pytest.raises(OpExecError, match=r"^the vCPU state of LDom ldg1 is not an object$"):
+        vcpu_state("ldg1", b"[1, 2]")
+
+
+def test_restore_refuses_an_unreadable_state_before_asking_the_guest(ops: GuestOps) -> None:
+    with pytest.raises(OpExecError, match="the vCPU state of LDom ldg1 is not an object"):
+        ops.restore("ldg1", b"7")
