@@ -23,9 +23,12 @@ from typing import Any, Protocol
 from ldoms.binding import remember_departed
 from ldoms.checks.facts import GuestConditions, GuestProfile
 from ldoms.checks.failure import CheckFailure
+from ldoms.errors import LdmError
 from ldoms.hv.files import PidRecord
 from ldoms.migration.journal import JournalStore
+from ldoms.migration.protocol import MigrationConnection
 from ldoms.migration.transport import MigrationPolicy
+from ldoms.migration.vocab import Decision
 from ldoms.model.domain import Domain
 from ldoms.model.machine import Machine
 from ldoms.model.view import MigrationRecord
@@ -159,3 +162,13 @@ def make_record(
         rounds=rounds,
         channels=channels,
     )
+
+
+def settle_journal(journals: JournalStore, conn: MigrationConnection, decision: Decision, name: str) -> None:
+    """Record how a migration ended in its journal (both sides); a failure to write is logged, not raised:
+    the migration has ended either way, and recovery reads the journal as it is."""
+    try:
+        journals.settle(conn.journal(), decision)
+        journals.prune()
+    except LdmError as e:
+        log.error("recording the end of the migration of LDom %s failed: %s", name, e)

@@ -47,6 +47,7 @@ from ldoms.migration.engine_common import (
     drop_domain,
     make_record,
     put_domain,
+    settle_journal,
 )
 from ldoms.migration.engine_source import platform_facts
 from ldoms.migration.events import (
@@ -488,13 +489,8 @@ class TargetEngine(TargetAuth):
         self._settle(Decision.DISCARD_TARGET)
 
     def _settle(self, decision: Decision) -> None:
-        if self.request is None or self.request.dry_run or self.conn.migration_id is None:
-            return
-        try:
-            self.deps.journals.settle(self.conn.journal(), decision)
-            self.deps.journals.prune()
-        except LdmError as e:
-            log.error("recording the end of the migration of LDom %s failed: %s", self.name, e)
+        if self.request is not None and not self.request.dry_run and self.conn.migration_id is not None:
+            settle_journal(self.deps.journals, self.conn, decision, self.name)
 
 
 def _ended_by(ev: Event, source: str) -> str:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ldoms.errors import LdmError
 from ldoms.migration.checkwire import mode_of
-from ldoms.migration.engine_common import make_record, put_domain
+from ldoms.migration.engine_common import make_record, put_domain, settle_journal
 from ldoms.migration.events import Abort, Cancel, Decision, RemoteProtocolError, Role
 from ldoms.migration.runstate import Outcome
 from ldoms.migration.source_plane import unshrunk
@@ -63,13 +63,8 @@ class SourceEnd:
 
     # ------------------------------------------------------------------ small steps
     def _settle(self: SourceEngine, decision: Decision) -> None:
-        if self.conn is None or self.conn.migration_id is None or self.req.dry_run:
-            return
-        try:
-            self.deps.journals.settle(self.conn.journal(), decision)
-            self.deps.journals.prune()
-        except LdmError as e:
-            log.error("recording the end of the migration of LDom %s failed: %s", self.name, e)
+        if self.conn is not None and self.conn.migration_id is not None and not self.req.dry_run:
+            settle_journal(self.deps.journals, self.conn, decision, self.name)
 
     def _release(self: SourceEngine) -> None:
         """Give the domain back to ordinary operations (it stays, as it was or in the error state)."""
